@@ -1,0 +1,42 @@
+# DyT pretraining pipeline. `make help` lists the targets.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CONFIG ?= tiny_dyt
+OVERRIDES ?=
+LAUNCHER ?=
+NODES ?=
+PYTEST_ARGS ?=
+
+LAUNCH_FLAGS := $(if $(LAUNCHER),--launcher $(LAUNCHER)) $(if $(NODES),--nodes $(NODES))
+OVERRIDE_FLAGS := $(foreach o,$(OVERRIDES),--override $(o))
+
+.PHONY: help setup pretrain data test test-fast lint tensorboard clean-runs
+
+help:  ## this list
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+	@echo "  variables: CONFIG=$(CONFIG) OVERRIDES=\"key=value ...\" LAUNCHER=local|slurm NODES=N"
+
+setup:  ## create/refresh .venv (pinned torch, megatron-core, deepspeed, ...); no-op when up to date
+	@bash scripts/setup_venv.sh
+
+pretrain: setup data  ## prepare data and train CONFIG (default tiny_dyt) with OVERRIDES
+	$(PY) -m launch $(CONFIG) $(OVERRIDES) $(LAUNCH_FLAGS)
+
+data: setup  ## build CONFIG's data (tokenizer + .bin/.idx shards + manifest); no-op when up to date
+	$(PY) -m data_prep --config $(CONFIG) $(OVERRIDE_FLAGS)
+
+test: setup  ## the full test suite (what CI runs)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: setup  ## the suite without the slow multi-process tests
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: setup  ## ruff
+	$(VENV)/bin/ruff check .
+
+tensorboard: setup  ## TensorBoard over every run in runs/
+	$(VENV)/bin/tensorboard --logdir runs --port $${PORT:-6006}
+
+clean-runs:  ## delete runs/ (checkpoints, logs)
+	rm -rf runs

@@ -1,0 +1,173 @@
+"""YAML composition, `key.sub=value` overrides, and typed construction of a `RunConfig`.
+
+A YAML file may start with `defaults: [a, b/c]`: those files (relative to the configs root, `.yaml`
+optional) are merged first, in order, then the file's own keys on top. Overrides come last.
+Every error is a `ConfigError` whose message starts with the offending key.
+"""
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .schema import RunConfig
+
+CONFIGS_ROOT = Path(__file__).resolve().parents[2] / "configs"
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message names the key."""
+
+
+def find_config(name: str, root: Path = CONFIGS_ROOT) -> Path:
+    """A path as given, or `<root>/<name>.yaml`."""
+    for cand in (Path(name), root / name, root / f"{name}.yaml"):
+        if cand.is_file():
+            return cand
+    known = sorted(str(p.relative_to(root))[:-5] for p in root.glob("*.yaml"))
+    raise ConfigError(f"config '{name}': no such file (run configs: {', '.join(known)})")
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def merge(base: dict, top: dict) -> dict:
+    """Deep merge: mappings merge key by key, anything else in `top` replaces."""
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def compose(path: Path, root: Path = CONFIGS_ROOT, _seen: tuple = ()) -> dict:
+    """The file's `defaults` merged in order, then its own keys."""
+    path = path.resolve()
+    if path in _seen:
+        raise ConfigError(f"{path}: circular 'defaults'")
+    data = _read_yaml(path)
+    defaults = data.pop("defaults", [])
+    if not isinstance(defaults, list):
+        raise ConfigError(f"{path}: 'defaults' must be a list of config names")
+    out: dict = {}
+    for name in defaults:
+        out = merge(out, compose(find_config(str(name), root), root, _seen + (path,)))
+    return merge(out, data)
+
+
+def apply_override(data: dict, item: str) -> dict:
+    """`a.b.c=value`; value parsed as YAML (so 3, 1e-4, true, null, [1,2] have their types)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override '{item}': expected key.sub=value")
+    parts = key.strip().split(".")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    node = data
+    for p in parts[:-1]:
+        if not isinstance(node.get(p), dict):
+            node[p] = {}
+        node = node[p]
+    node[parts[-1]] = value
+    return data
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if dataclasses.is_dataclass(tp):
+        return "mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def build(tp: Any, value: Any, key: str) -> Any:
+    """Check `value` against the type hint `tp` and construct dataclasses; raise naming `key`."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for alt in args:
+            try:
+                return build(alt, value, key)
+            except ConfigError as e:
+                errors.append(e)
+        # A mapping was meant for the dataclass alternative: its error is the useful one.
+        for alt, err in zip(args, errors):
+            if dataclasses.is_dataclass(alt) and isinstance(value, dict):
+                raise err
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value in args:
+            return value
+        raise ConfigError(f"{key}: expected one of {', '.join(repr(a) for a in args)}, got {value!r}")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{key}: expected null, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        fields = {f.name: f for f in dataclasses.fields(tp)}
+        unknown = sorted(set(value) - set(fields))
+        if unknown:
+            prefix = f"{key}." if key else ""
+            raise ConfigError(f"{prefix}{unknown[0]}: unknown key (known: {', '.join(fields)})")
+        hints = typing.get_type_hints(tp)
+        kwargs = {}
+        for name, v in value.items():
+            kwargs[name] = build(hints[name], v, f"{key}.{name}" if key else name)
+        try:
+            return tp(**kwargs)
+        except TypeError as e:  # a required field is missing
+            raise ConfigError(f"{key or 'config'}: {e}") from None
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [build(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return {build(args[0], k, key): build(args[1], v, f"{key}.{k}") for k, v in value.items()}
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if tp in (int, float, str, bool) and (type(value) is tp):
+        return value
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def load_config(name: str, overrides: list[str] = (), root: Path = CONFIGS_ROOT) -> RunConfig:
+    """Compose, override, type-check and validate a run config. Cheap: imports no torch."""
+    from .validate import validate
+
+    data = compose(find_config(name, root), root)
+    for item in overrides:
+        data = apply_override(data, item)
+    cfg = build(RunConfig, data, "")
+    validate(cfg)
+    return cfg
+
+
+def save_config(cfg: RunConfig, path: Path) -> None:
+    """Write the fully resolved config (atomic: temp file + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    tmp.replace(path)

@@ -1,0 +1,157 @@
+"""The run config: one typed dataclass per section. Defaults here are the base every YAML extends.
+
+A YAML run file may set any of these keys (nested by section); anything else is an error that names
+the key. `pipeline.config.loader` builds and validates a `RunConfig` from YAML + overrides.
+"""
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from data_prep.config import PrepareConfig
+
+
+@dataclass
+class AlphaInit:
+    """Initial DyT/Derf α per norm site (paper Table 12 gives attention vs the rest)."""
+
+    attention: float
+    mlp: float
+    final: float
+
+
+@dataclass
+class NormConfig:
+    type: str = "rmsnorm"  # registry name (layernorm, rmsnorm, dyt, derf) or "pkg.module:Class"
+    alpha_init: Literal["auto"] | AlphaInit = "auto"  # auto: paper table by width
+    bias: bool = False  # β in DyT/Derf (the paper's LLM recipe has none)
+    eps: float = 1e-5  # used by LayerNorm/RMSNorm only
+    kernel: Literal["auto", "eager", "compile", "triton"] = "auto"  # auto: triton on CUDA, eager on CPU
+    fuse_residual_add: bool = False  # fused residual-add + DyT before the MLP (DyT only)
+    qk_norm: bool = False  # normalise queries/keys per head with the same norm type
+    weight_decay: Literal["auto", "all", "none"] = "auto"  # on norm/scalar params; auto: all for DyT-like
+
+
+@dataclass
+class ModelConfig:
+    num_layers: int = 2
+    hidden_size: int = 64
+    num_attention_heads: int = 4
+    num_query_groups: int | None = None  # GQA groups; None = num_attention_heads (MHA)
+    ffn_hidden_size: int | None = None  # None = LLaMA rule: 8/3·h rounded up to a multiple of 64
+    seq_length: int = 128
+    vocab_size: int | None = None  # None = from the data manifest's tokenizer
+    make_vocab_size_divisible_by: int = 128
+    rope_theta: float = 500_000.0
+    init_method_std: float = 0.02
+    untie_embeddings: bool = True
+    dropout: float = 0.0
+    norm: NormConfig = field(default_factory=NormConfig)
+    embedding_scale: Literal["auto", "learnable", "off"] = "auto"  # auto: learnable √d for DyT/Derf
+
+
+@dataclass
+class ParallelConfig:
+    tp: int = 1
+    pp: int = 1
+    vpp: int | None = None  # virtual pipeline stages per rank (interleaved 1F1B)
+    cp: int = 1
+    sp: bool = False  # sequence parallelism (needs tp > 1)
+    distributed_optimizer: bool = False
+    overlap_grad_reduce: bool = False
+    overlap_param_gather: bool = False
+    recompute: Literal["none", "selective", "full"] = "none"
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 100
+    micro_batch_size: int = 4
+    global_batch_size: int = 8
+    precision: Literal["fp32", "bf16"] = "fp32"
+    seed: int = 1234
+    log_interval: int = 10
+    eval_interval: int = 50  # 0 = no validation
+    eval_iters: int = 4
+    nan_policy: Literal["skip", "stop"] = "skip"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+@dataclass
+class OptimizerConfig:
+    lr: float = 3e-3
+    min_lr: float = 3e-4
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    clip_grad: float = 1.0
+
+
+@dataclass
+class ScheduleConfig:
+    warmup_steps: int = 10
+    decay: Literal["cosine", "wsd", "constant"] = "cosine"
+    wsd_decay_fraction: float = 0.2  # WSD: share of steps spent decaying at the end
+
+
+@dataclass
+class DataConfig:
+    manifest: str = ""  # manifest.json written by data_prep; "" = <prepare.output_dir>/manifest.json
+    prepare: PrepareConfig | None = None  # how `make data` builds the manifest
+    num_workers: int = 0  # DataLoader workers
+
+
+@dataclass
+class CheckpointConfig:
+    save_interval: int = 0  # 0 = only at the end (and on preemption)
+    keep_last: int = 2
+    resume: str = "auto"  # auto (latest in the run dir) | none | <path to a checkpoint dir>
+
+
+@dataclass
+class LoggingConfig:
+    tensorboard: bool = True
+    norm_stats: bool = True  # per-site α / γ statistics for DyT-like norms
+    peak_tflops: float | None = None  # device peak for MFU; None = built-in table (GPUs only)
+
+
+@dataclass
+class SlurmConfig:
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time: str = "04:00:00"
+    constraint: str | None = None
+    cpus_per_task: int | None = None
+    extra_sbatch: list[str] = field(default_factory=list)  # extra "#SBATCH" options, e.g. "--exclusive"
+    env: dict[str, str] = field(default_factory=dict)  # exported in the job (NCCL settings, ...)
+    signal_grace_s: int = 120  # SIGTERM this long before the time limit
+    max_restarts: int = 3  # requeues after preemption before giving up
+
+
+@dataclass
+class LaunchConfig:
+    launcher: Literal["local", "slurm"] = "local"
+    nodes: int = 1
+    nproc_per_node: int = 1  # GPUs per node (processes per node on CPU)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    output_dir: str = "runs"  # the run lives in <output_dir>/<name>
+    engine: Literal["megatron"] = "megatron"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
+
+    @property
+    def world_size(self) -> int:
+        return self.launch.nodes * self.launch.nproc_per_node

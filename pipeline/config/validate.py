@@ -1,0 +1,86 @@
+"""Checks that need several keys at once (layouts, batch arithmetic). Each error names one key."""
+
+from .schema import RunConfig
+
+BUILTIN_NORMS = ("layernorm", "rmsnorm", "dyt", "derf")
+DYT_LIKE = ("dyt", "derf")
+
+
+def _fail(key: str, msg: str) -> None:
+    from .loader import ConfigError
+
+    raise ConfigError(f"{key}: {msg}")
+
+
+def validate(cfg: RunConfig) -> None:
+    m, p, t = cfg.model, cfg.parallel, cfg.train
+    for key, v in (("model.num_layers", m.num_layers), ("model.hidden_size", m.hidden_size),
+                   ("model.num_attention_heads", m.num_attention_heads), ("model.seq_length", m.seq_length),
+                   ("parallel.tp", p.tp), ("parallel.pp", p.pp), ("parallel.cp", p.cp),
+                   ("train.steps", t.steps), ("train.micro_batch_size", t.micro_batch_size),
+                   ("train.global_batch_size", t.global_batch_size), ("launch.nodes", cfg.launch.nodes),
+                   ("launch.nproc_per_node", cfg.launch.nproc_per_node)):
+        if v < 1:
+            _fail(key, f"must be >= 1, got {v}")
+    if "/" in cfg.name or not cfg.name.strip():
+        _fail("name", f"must be a plain directory name, got {cfg.name!r}")
+
+    groups = m.num_query_groups or m.num_attention_heads
+    if m.hidden_size % m.num_attention_heads:
+        _fail("model.hidden_size", f"{m.hidden_size} is not divisible by num_attention_heads={m.num_attention_heads}")
+    if m.num_attention_heads % groups:
+        _fail("model.num_query_groups", f"{groups} does not divide num_attention_heads={m.num_attention_heads}")
+    if m.num_attention_heads % p.tp:
+        _fail("parallel.tp", f"tp={p.tp} does not divide model.num_attention_heads={m.num_attention_heads}")
+    if groups % p.tp:
+        _fail("parallel.tp", f"tp={p.tp} does not divide the query groups ({groups})")
+
+    model_parallel = p.tp * p.pp * p.cp
+    if cfg.world_size % model_parallel:
+        _fail("parallel", f"tp×pp×cp = {p.tp}×{p.pp}×{p.cp} = {model_parallel} does not divide the world size "
+              f"{cfg.world_size} (launch.nodes × launch.nproc_per_node)")
+    dp = cfg.world_size // model_parallel
+    if t.global_batch_size % (t.micro_batch_size * dp):
+        _fail("train.global_batch_size", f"{t.global_batch_size} is not divisible by micro_batch_size × dp = "
+              f"{t.micro_batch_size} × {dp}")
+
+    if p.sp and p.tp == 1:
+        _fail("parallel.sp", "sequence parallelism needs parallel.tp > 1")
+    if p.sp and m.seq_length % p.tp:
+        _fail("model.seq_length", f"{m.seq_length} is not divisible by tp={p.tp} (sequence parallel)")
+    if p.cp > 1 and m.seq_length % (2 * p.cp):
+        _fail("model.seq_length", f"{m.seq_length} is not divisible by 2×cp={2 * p.cp}")
+    stages = p.pp * (p.vpp or 1)
+    if p.vpp is not None and (p.pp == 1 or p.vpp < 2):
+        _fail("parallel.vpp", "virtual stages need parallel.pp > 1 and vpp >= 2 (or null)")
+    if m.num_layers % stages:
+        _fail("model.num_layers", f"{m.num_layers} layers do not split into pp×vpp = {stages} stages")
+    if p.vpp is not None and (t.global_batch_size // (t.micro_batch_size * dp)) % p.pp:
+        _fail("train.global_batch_size", f"interleaved pipelining needs the number of micro-batches "
+              f"({t.global_batch_size // (t.micro_batch_size * dp)}) to be a multiple of pp={p.pp}")
+    if p.overlap_param_gather and not p.distributed_optimizer:
+        _fail("parallel.overlap_param_gather", "needs parallel.distributed_optimizer: true")
+
+    n = m.norm
+    if n.type not in BUILTIN_NORMS and ":" not in n.type:
+        _fail("model.norm.type", f"unknown norm {n.type!r}: use one of {', '.join(BUILTIN_NORMS)} "
+              "or an import path 'package.module:Class'")
+    if n.fuse_residual_add and n.type != "dyt":
+        _fail("model.norm.fuse_residual_add", f"fused residual-add is implemented for dyt, not {n.type!r}")
+    if m.dropout < 0 or m.dropout >= 1:
+        _fail("model.dropout", f"must be in [0, 1), got {m.dropout}")
+
+    s, o = cfg.schedule, cfg.optimizer
+    if s.warmup_steps < 0 or s.warmup_steps > t.steps:
+        _fail("schedule.warmup_steps", f"must be in [0, train.steps={t.steps}], got {s.warmup_steps}")
+    if not 0 < s.wsd_decay_fraction <= 1:
+        _fail("schedule.wsd_decay_fraction", f"must be in (0, 1], got {s.wsd_decay_fraction}")
+    if o.lr <= 0 or o.min_lr < 0 or o.min_lr > o.lr:
+        _fail("optimizer.min_lr" if o.lr > 0 else "optimizer.lr", f"need 0 <= min_lr <= lr, lr > 0 "
+              f"(lr={o.lr}, min_lr={o.min_lr})")
+    if cfg.checkpoint.keep_last < 1:
+        _fail("checkpoint.keep_last", f"must be >= 1, got {cfg.checkpoint.keep_last}")
+    if t.log_interval < 1:
+        _fail("train.log_interval", f"must be >= 1, got {t.log_interval}")
+    if not cfg.data.manifest and cfg.data.prepare is None:
+        _fail("data", "set data.manifest or a data.prepare section")

@@ -1,0 +1,152 @@
+"""Monitoring: TensorBoard scalars and a compact console line (rank 0), throughput and MFU, memory,
+and the per-site α / γ of DyT-like norms.
+
+FLOPs per training step (Megatron's formula for a dense GPT with GQA and SwiGLU; fwd + bwd = 3 × fwd):
+  3 · tokens · [ L · (2h·(h + 2·g·d) + 4·s·h + 2h² + 6·h·f) + 2·h·V ]
+h hidden, L layers, g query groups, d head dim, s sequence length, f FFN width, V padded vocabulary.
+MFU = achieved FLOP/s per device ÷ the device's dense bf16 peak (table below, or logging.peak_tflops).
+"""
+
+import logging
+import sys
+
+import psutil
+import torch
+import torch.distributed as dist
+
+from pipeline.engine import StepResult
+from pipeline.norms import is_dyt_like
+
+log = logging.getLogger("pipeline")
+
+# Dense bf16 tensor-core peaks (TFLOP/s) by device-name substring; matched in order.
+PEAK_TFLOPS = [("H200", 989.0), ("H100", 989.0), ("GH200", 989.0), ("B200", 2250.0), ("A100", 312.0),
+               ("L40S", 362.0), ("A10G", 125.0)]
+
+
+def flops_per_step(cfg, tokens: int, vocab: int, ffn: int) -> float:
+    m = cfg.model
+    h, L, s = m.hidden_size, m.num_layers, m.seq_length
+    d = h // m.num_attention_heads
+    g = m.num_query_groups or m.num_attention_heads
+    per_token = L * (2 * h * (h + 2 * g * d) + 4 * s * h + 2 * h * h + 6 * h * ffn) + 2 * h * vocab
+    return 3.0 * tokens * per_token
+
+
+def device_peak_tflops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_TFLOPS if key in name), None)
+
+
+def memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return psutil.Process().memory_info().rss / 2**30
+
+
+def norm_stats(modules: list[torch.nn.Module]) -> dict[str, float]:
+    """α and γ statistics per DyT-like norm site, gathered from every pipeline stage."""
+    local: dict[str, float] = {}
+    for chunk in modules:
+        decoder = getattr(chunk, "decoder", None)
+        if decoder is None:
+            continue
+        for layer in decoder.layers:
+            for site, attr in (("attention", "input_layernorm"), ("mlp", "pre_mlp_layernorm")):
+                norm = getattr(layer, attr, None)
+                if norm is not None and is_dyt_like(norm):
+                    _add(local, f"{site}/layer_{layer.layer_number:02d}", norm)
+        final = getattr(decoder, "final_layernorm", None)
+        if final is not None and is_dyt_like(final):
+            _add(local, "final", final)
+        emb = getattr(getattr(chunk, "embedding", None), "scale", None)
+        if emb is not None:
+            local["embedding_scale"] = float(emb.detach().float())
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        gathered: list[dict] = [{} for _ in range(dist.get_world_size())]
+        dist.all_gather_object(gathered, local)
+        for d in gathered:
+            local.update(d)
+    return local
+
+
+def _add(out: dict, key: str, norm: torch.nn.Module) -> None:
+    w = norm.weight.detach().float()
+    out[f"alpha/{key}"] = float(norm.alpha.detach().float())
+    out[f"gamma_mean/{key}"] = float(w.mean())
+    out[f"gamma_std/{key}"] = float(w.std()) if w.numel() > 1 else 0.0
+
+
+class Monitor:
+    def __init__(self, cfg, run_dir, device: torch.device, vocab: int, ffn: int, is_main: bool) -> None:
+        self.cfg, self.device, self.is_main = cfg, device, is_main
+        self.vocab, self.ffn = vocab, ffn
+        self.peak = cfg.logging.peak_tflops or device_peak_tflops(device)
+        self.writer = None
+        if is_main and cfg.logging.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        self.skipped = 0
+        self._window: list[StepResult] = []
+        self._seconds = 0.0
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        if self.writer is not None:
+            self.writer.add_scalar(tag, value, step)
+
+    def step(self, step: int, result: StepResult, seconds: float, modules: list[torch.nn.Module]) -> None:
+        """Record one finished optimizer step (`step` counts from 1, `seconds` its wall time);
+        log every log_interval steps. Saves and validation are not in `seconds`."""
+        self.skipped += int(result.skipped)
+        self._window.append(result)
+        self._seconds += seconds
+        if step % self.cfg.train.log_interval and step != self.cfg.train.steps:
+            return
+        elapsed = self._seconds
+        n = len(self._window)
+        tokens = sum(r.tokens for r in self._window)
+        finite = [r for r in self._window if not r.skipped]
+        loss = sum(r.loss for r in finite) / len(finite) if finite else float("nan")
+        grad = sum(r.grad_norm for r in finite) / len(finite) if finite else float("nan")
+        step_time = elapsed / n
+        tok_s = tokens / elapsed
+        world = dist.get_world_size() if dist.is_initialized() else 1
+        tflops = flops_per_step(self.cfg, tokens, self.vocab, self.ffn) / elapsed / world / 1e12
+        mem = memory_gb(self.device)
+        lr = self._window[-1].lr
+        stats = norm_stats(modules) if self.cfg.logging.norm_stats else {}
+        if self.is_main:
+            for tag, v in (("train/loss", loss), ("train/lr", lr), ("train/grad_norm", grad),
+                           ("train/tokens_per_s", tok_s), ("train/step_time_s", step_time),
+                           ("train/tflops_per_device", tflops), ("train/memory_gb", mem),
+                           ("train/skipped_steps", self.skipped)):
+                self.scalar(tag, v, step)
+            if self.peak:
+                self.scalar("train/mfu", tflops / self.peak, step)
+            for k, v in stats.items():
+                self.scalar(f"norm/{k}", v, step)
+            alphas = [v for k, v in stats.items() if k.startswith("alpha/")]
+            alpha = f" α {min(alphas):.3f}…{max(alphas):.3f} |" if alphas else ""
+            mfu = f" mfu {100 * tflops / self.peak:.1f}% |" if self.peak else ""
+            skipped = f" skipped {self.skipped} |" if self.skipped else ""
+            print(f"step {step:>6}/{self.cfg.train.steps} | loss {loss:.4f} | lr {lr:.2e} | grad {grad:.3f} |"
+                  f" {tok_s:,.0f} tok/s | {step_time * 1000:.0f} ms/step | {tflops:.3g} TFLOP/s/dev |{mfu}"
+                  f" mem {mem:.2f} GB |{alpha}{skipped}", flush=True)
+        self._window.clear()
+        self._seconds = 0.0
+
+    def validation(self, step: int, loss: float) -> None:
+        if self.is_main:
+            ppl = float(torch.tensor(loss).exp())
+            self.scalar("val/loss", loss, step)
+            self.scalar("val/ppl", ppl, step)
+            print(f"step {step:>6}/{self.cfg.train.steps} | validation loss {loss:.4f} | ppl {ppl:.2f}", flush=True)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+            self.writer.close()
+        sys.stdout.flush()

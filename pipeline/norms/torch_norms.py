@@ -1,0 +1,35 @@
+"""LayerNorm and RMSNorm with megatron's norm contract, usable under sequence parallelism.
+
+megatron's `WrappedTorchNorm` refuses sequence parallelism and ignores `params_dtype`; these do neither.
+"""
+
+import torch
+from torch import nn
+
+from .registry import register_norm
+
+
+def tag_sequence_parallel(module: nn.Module, config) -> None:
+    """Under SP each TP rank sees a slice of the sequence, so norm grads are partial sums that megatron
+    all-reduces across TP only for params tagged `sequence_parallel` (untagged: silently wrong)."""
+    for p in module.parameters(recurse=False):
+        p.sequence_parallel = bool(config.sequence_parallel)
+
+
+@register_norm("rmsnorm")
+class RMSNorm(nn.RMSNorm):
+    def __init__(self, *, config, hidden_size: int, eps: float = 1e-5) -> None:
+        super().__init__(hidden_size, eps=eps, dtype=config.params_dtype)
+        tag_sequence_parallel(self, config)
+
+
+@register_norm("layernorm")
+class LayerNorm(nn.LayerNorm):
+    def __init__(self, *, config, hidden_size: int, eps: float = 1e-5, bias: bool = True) -> None:
+        super().__init__(hidden_size, eps=eps, bias=bias, dtype=config.params_dtype)
+        tag_sequence_parallel(self, config)
+
+
+def is_dyt_like(module: nn.Module) -> bool:
+    """Norm-free replacements expose a learnable scalar `alpha`."""
+    return isinstance(getattr(module, "alpha", None), torch.Tensor)
