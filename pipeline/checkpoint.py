@@ -134,6 +134,15 @@ class CheckpointManager:
         return done[-1] if done else None
 
     # -- load -----------------------------------------------------------------------------------------
+    def load_weights(self, engine: Engine, path: Path) -> None:
+        """Model weights only (any parallel layout): a run that starts from another run's weights."""
+        if not (Path(path) / META).is_file():
+            raise CheckpointError(f"checkpoint.init_from: {path} is not a complete checkpoint (no {META})")
+        try:
+            engine.load_model(dist_checkpointing.load(engine.model_state(), str(path)))
+        except Exception as e:
+            raise CheckpointError(f"cannot load weights from {path}: {type(e).__name__}: {e}") from e
+
     def load(self, engine: Engine, path: Path) -> int:
         """Restore into `engine`; returns the step to continue from. Across a different parallel layout
         only the weights (and schedule/step) are restored: the optimizer shards follow the old layout."""

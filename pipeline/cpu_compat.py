@@ -5,6 +5,9 @@ On a CPU-only machine megatron-core needs (measured in shared/research/megatron-
   S3  torch.cuda.current_device()/synchronize/streams that point at the CPU,
   S4  a TorchFunctionMode that turns device="cuda" / .cuda() into CPU and makes CPU tensors report a
       CUDA type string (megatron's optimizers and clip_grads identify params by `tensor.type()`),
+  S6  unbatched pipeline p2p: with gloo, `batch_isend_irecv` under the interleaved (virtual-stage)
+      schedule pairs activations with the wrong micro-batch (PP2+VPP2 step-1 loss 8.22800 against
+      8.22776 in one process; exact with batch_p2p_comm=False),
   S5  DistributedOptimizer resume fixes for megatron's torch-Adam fallback (always used on CPU, where
       Apex/TE are absent): create state before loading, give every param its own `step` after loading.
 """
@@ -23,8 +26,9 @@ _active = False
 
 
 def on_cpu() -> bool:
+    """Training runs on the CPU: no usable GPU, or the shims were switched on to force the CPU."""
     # The CUDA build of torch reports CUDA in several other places even with no GPU (py312-stack-check §A).
-    return not torch.cuda.is_available()
+    return _active or not torch.cuda.is_available()
 
 
 def _is_cuda(device: object) -> bool:
@@ -63,9 +67,9 @@ class _NullStream:
 
 
 def activate() -> None:
-    """Apply S3+S4 process-wide (idempotent). No-op on CUDA."""
+    """Apply S3+S4 process-wide (idempotent); runtime calls it only when training on the CPU."""
     global _active
-    if _active or not on_cpu():
+    if _active:
         return
     torch.cuda.current_device = lambda: torch.device("cpu")
     torch.cuda.synchronize = lambda *a, **k: None
@@ -75,6 +79,13 @@ def activate() -> None:
     torch.cuda.max_memory_allocated = lambda *a, **k: 0
     _CudaToCpuMode().__enter__()  # process-wide, for the life of the process
     _active = True
+
+
+def adapt_model_config(config):
+    """S6 on a megatron Transformer/ModelParallelConfig; returns it. No-op on CUDA (NCCL batches fine)."""
+    if on_cpu():
+        config.batch_p2p_comm = False
+    return config
 
 
 def seed_model_parallel_rng(seed: int) -> None:

@@ -51,8 +51,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def choose_device(cfg: RunConfig) -> torch.device:
-    want = cfg.train.device
+def choose_device(want: str) -> torch.device:
+    """A GPU per local rank when CUDA is usable (or required), else the CPU with gloo and the shims."""
     if want == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("train.device: cuda requested but no GPU is visible")
     if want == "cpu" or not torch.cuda.is_available():
@@ -62,7 +62,7 @@ def choose_device(cfg: RunConfig) -> torch.device:
 
 def init(cfg: RunConfig) -> Runtime:
     """Initialise torch.distributed and megatron's parallel state for `cfg.parallel`; seed RNGs."""
-    device = choose_device(cfg)
+    device = choose_device(cfg.train.device)
     if device.type == "cpu":
         cpu_compat.activate()
     else:

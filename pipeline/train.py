@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import signal
 import sys
 import time
@@ -27,6 +28,10 @@ from pipeline.model import ffn_hidden_size, padded_vocab_size
 from pipeline.monitor import Monitor
 
 log = logging.getLogger("pipeline")
+
+
+# Test hook: die abruptly right after this step (exercises crash → resume from the last checkpoint).
+FAIL_AT_STEP = int(os.environ.get("DYT_FAIL_AT_STEP", "0"))
 
 
 class NonFiniteLoss(RuntimeError):
@@ -91,6 +96,8 @@ def train(cfg: RunConfig) -> str:
         start = ckpt.load(engine, resume_from)
         if rt.is_main:
             print(f"resumed from {resume_from} at step {start}", flush=True)
+    elif cfg.checkpoint.init_from:
+        ckpt.load_weights(engine, Path(cfg.checkpoint.init_from))
 
     num_valid = t.eval_iters * t.global_batch_size if t.eval_interval else 0
     train_ds, valid_ds = build_datasets(manifest, cfg.model.seq_length, t.seed, t.steps * t.global_batch_size,
@@ -126,6 +133,8 @@ def train(cfg: RunConfig) -> str:
         if preempt.requested(rt.device):
             state = "preempted"
             break
+        if step == FAIL_AT_STEP:
+            os._exit(17)  # test hook: a crash with no chance to save
         if cfg.checkpoint.save_interval and step % cfg.checkpoint.save_interval == 0 and step != t.steps:
             ckpt.save(engine, step, {"loss": last_loss})
 

@@ -6,6 +6,7 @@ Every error is a `ConfigError` whose message starts with the offending key.
 """
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -15,6 +16,7 @@ import yaml
 
 from .schema import RunConfig
 
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 CONFIGS_ROOT = Path(__file__).resolve().parents[2] / "configs"
 
 
@@ -142,6 +144,8 @@ def build(tp: Any, value: Any, key: str) -> Any:
         return {build(args[0], k, key): build(args[1], v, f"{key}.{k}") for k, v in value.items()}
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+        return float(value)  # PyYAML (YAML 1.1) reads "1e-4" as a string
     if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     if tp in (int, float, str, bool) and (type(value) is tp):

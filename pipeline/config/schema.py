@@ -73,7 +73,7 @@ class TrainConfig:
     eval_interval: int = 50  # 0 = no validation
     eval_iters: int = 4
     nan_policy: Literal["skip", "stop"] = "skip"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when visible (SLURM: asks for GPUs if cuda)
 
 
 @dataclass
@@ -106,6 +106,7 @@ class CheckpointConfig:
     save_interval: int = 0  # 0 = only at the end (and on preemption)
     keep_last: int = 2
     resume: str = "auto"  # auto (latest in the run dir) | none | <path to a checkpoint dir>
+    init_from: str | None = None  # weights only, at step 0, from any checkpoint (any parallel layout)
 
 
 @dataclass
@@ -123,6 +124,7 @@ class SlurmConfig:
     time: str = "04:00:00"
     constraint: str | None = None
     cpus_per_task: int | None = None
+    gpus_per_node: int | None = None  # None: launch.nproc_per_node when train.device is cuda, else no GPUs
     extra_sbatch: list[str] = field(default_factory=list)  # extra "#SBATCH" options, e.g. "--exclusive"
     env: dict[str, str] = field(default_factory=dict)  # exported in the job (NCCL settings, ...)
     signal_grace_s: int = 120  # SIGTERM this long before the time limit

@@ -10,6 +10,7 @@ from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.transformer.transformer_layer import TransformerLayer
 
+from pipeline import cpu_compat
 from pipeline.config.schema import RunConfig
 from pipeline.norms import embedding_scale
 from pipeline.norms.torch_norms import tag_sequence_parallel
@@ -34,7 +35,7 @@ def transformer_config(cfg: RunConfig, on_gpu: bool) -> TransformerConfig:
     recompute = {} if p.recompute == "none" else (
         {"recompute_granularity": "selective"} if p.recompute == "selective" else
         {"recompute_granularity": "full", "recompute_method": "uniform", "recompute_num_layers": 1})
-    return TransformerConfig(
+    return cpu_compat.adapt_model_config(TransformerConfig(
         num_layers=m.num_layers,
         hidden_size=m.hidden_size,
         num_attention_heads=m.num_attention_heads,
@@ -43,6 +44,7 @@ def transformer_config(cfg: RunConfig, on_gpu: bool) -> TransformerConfig:
         # TE's fused norm+linear reads this; our own norm modules ignore it.
         normalization=TE_FUSABLE.get(m.norm.type, "RMSNorm"),
         layernorm_epsilon=m.norm.eps,
+        qk_layernorm=m.norm.qk_norm,
         gated_linear_unit=True,
         activation_func=F.silu,
         add_bias_linear=False,
@@ -62,7 +64,7 @@ def transformer_config(cfg: RunConfig, on_gpu: bool) -> TransformerConfig:
         sequence_parallel=p.sp,
         attention_softmax_in_fp32=True,
         **recompute,
-    )
+    ))
 
 
 def _layer_module(cfg: RunConfig) -> type:

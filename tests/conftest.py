@@ -1,0 +1,14 @@
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def pydocs_manifest(tmp_path_factory) -> Path:
+    """The bundled corpus prepared exactly as `make data CONFIG=tiny_dyt` does, into a temp dir."""
+    from data_prep import prepare
+    from pipeline.config import load_config
+
+    out = tmp_path_factory.mktemp("pydocs")
+    cfg = load_config("tiny_dyt", [f"data.prepare.output_dir={out}", f"data.manifest={out}/manifest.json"])
+    return Path(prepare(cfg.data.prepare))

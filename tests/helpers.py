@@ -1,0 +1,46 @@
+"""Shared test helpers: run training the way users do, and read what it wrote."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def launch(config: str, overrides: list[str], env: dict | None = None, timeout: int = 600,
+           check: bool = True) -> subprocess.CompletedProcess:
+    """`python -m launch CONFIG overrides...` from the repo root (what `make pretrain` runs)."""
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", "launch", config, *overrides], cwd=REPO, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"launch {config} {overrides} failed ({proc.returncode}):\n"
+                             f"{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def scalars(run_dir: Path, tag: str) -> dict[int, float]:
+    """step → value of a TensorBoard scalar, across every event file of the run (resumes append)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out: dict[int, float] = {}
+    for f in sorted((run_dir / "tensorboard").glob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(f), size_guidance={"scalars": 0})
+        acc.Reload()
+        if tag in acc.Tags()["scalars"]:
+            out.update({e.step: e.value for e in acc.Scalars(tag)})
+    return out
+
+
+def run_python(code: str, timeout: int = 300) -> str:
+    """Run `code` in a fresh interpreter from the repo root; return stdout, fail with its stderr.
+
+    For in-process megatron tests: megatron's parallel state and our CPU shims are process-wide, so
+    each such test gets its own process instead of leaking them into the rest of the suite.
+    """
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if proc.returncode != 0:
+        raise AssertionError(f"subprocess failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc.stdout
