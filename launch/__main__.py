@@ -3,6 +3,13 @@
     python -m launch tiny_dyt train.steps=50 model.norm.type=rmsnorm
     python -m launch llama8b_dyt --launcher slurm --nodes 16 --dry-run
 
+Sweeps (SLURM job arrays): each --sweep value, or each line of --sweep-file, is one run written as
+`[CONFIG] key=value ...`. CONFIG defaults to the positional config; the positional overrides apply to every
+run, the entry's own after them. Run k is named <name>-<k> unless its entry sets name=.
+
+    python -m launch tiny_dyt --launcher slurm --sweep "train.seed=1" --sweep "train.seed=2"
+    python -m launch tiny_dyt --launcher slurm --sweep-file sweeps/alpha.txt --max-parallel 4
+
 Nothing here imports torch or megatron: a bad config fails in well under a second.
 """
 
@@ -20,26 +27,53 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("overrides", nargs="*", help="key.sub=value, e.g. train.steps=50 parallel.tp=2")
     ap.add_argument("--launcher", choices=["local", "slurm"], help="default: launch.launcher from the config")
     ap.add_argument("--nodes", type=int, help="override launch.nodes")
-    ap.add_argument("--dry-run", action="store_true", help="print what would run (the sbatch script for SLURM)")
-    args = ap.parse_args(argv)
+    ap.add_argument("--dry-run", action="store_true",
+                    help="print what would run (the sbatch script for SLURM)")
+    ap.add_argument("--sweep", action="append", default=[], metavar="ENTRY",
+                    help='one run of a job array: "[CONFIG] key=value ..." (repeat for more runs)')
+    ap.add_argument("--sweep-file", metavar="FILE", help="one sweep ENTRY per line (# comments allowed)")
+    ap.add_argument("--max-parallel", type=int, metavar="N", help="run at most N array tasks at once")
+    args = ap.parse_intermixed_args(argv)  # flags may come before or after the overrides
     overrides = list(args.overrides)
     if args.launcher:
         overrides.append(f"launch.launcher={args.launcher}")
     if args.nodes:
         overrides.append(f"launch.nodes={args.nodes}")
     try:
-        cfg = load_config(args.config, overrides)
+        return _launch(args, overrides)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    run_dir = Path(cfg.output_dir) / cfg.name
-    config_path = run_dir / "config.yaml"
+
+
+def _launch(args: argparse.Namespace, overrides: list[str]) -> int:
+    cfg = load_config(args.config, overrides)
+    if args.sweep or args.sweep_file:
+        from launch.slurm import Run, submit_runs, validate
+        from launch.sweep import read_entries, sweep_configs
+
+        cfgs = sweep_configs(args.config, overrides, read_entries(args.sweep, args.sweep_file))
+        if any(c.launch.launcher != "slurm" for c in cfgs):
+            raise ConfigError("launch.launcher: sweeps run as SLURM job arrays; add --launcher slurm")
+        runs = [Run(c, Path(c.output_dir) / c.name / "config.yaml") for c in cfgs]
+        for r in runs:
+            validate(r.cfg)  # before writing anything
+        if not args.dry_run:
+            for r in runs:
+                save_config(r.cfg, r.config_path)
+        return submit_runs(runs, dry_run=args.dry_run, max_parallel=args.max_parallel,
+                           sweep_name=f"{cfg.name}-sweep")
+
+    config_path = Path(cfg.output_dir) / cfg.name / "config.yaml"
+    if cfg.launch.launcher == "slurm":
+        from launch.slurm import submit, validate
+
+        validate(cfg)  # before writing anything
+        if not args.dry_run:
+            save_config(cfg, config_path)
+        return submit(cfg, config_path, dry_run=args.dry_run)
     if not args.dry_run:
         save_config(cfg, config_path)
-    if cfg.launch.launcher == "slurm":
-        from launch.slurm import submit
-
-        return submit(cfg, config_path, dry_run=args.dry_run)
     from launch.local import run_local
 
     return run_local(cfg, config_path, dry_run=args.dry_run)

@@ -10,6 +10,7 @@ A save is complete only once every rank has written and rank 0 has renamed the f
 import json
 import logging
 import shutil
+import signal
 import time
 from pathlib import Path
 
@@ -59,11 +60,26 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+def _start_writer_queue() -> None:
+    """dist_checkpointing reports writes through a spawned Manager process that lives as long as training.
+    SLURM signals every process of a job step on preemption; started with SIGTERM/SIGUSR1 ignored (SIG_IGN
+    survives exec) it outlives the signal, so the preemption checkpoint can still be written."""
+    from megatron.core.dist_checkpointing.strategies.filesystem_async import get_write_results_queue
+
+    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        get_write_results_queue()
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
 class CheckpointManager:
     def __init__(self, directory: Path, cfg) -> None:
         self.dir = Path(directory)
         self.cfg = cfg
         self.is_main = not dist.is_initialized() or dist.get_rank() == 0
+        _start_writer_queue()
 
     def _barrier(self) -> None:
         if dist.is_initialized():

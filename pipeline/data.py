@@ -88,7 +88,8 @@ def check_tokenizer(manifest: Manifest, model_vocab_size: int | None) -> None:
                         f"written with {tok['sha256'][:12]}…; rebuild the data or restore the tokenizer")
     if model_vocab_size is not None and model_vocab_size != manifest.vocab_size:
         raise DataError(f"model.vocab_size: {model_vocab_size} does not match the data's tokenizer vocabulary "
-                        f"({manifest.vocab_size} in {manifest.path}); set model.vocab_size: null to take it from the data")
+                        f"({manifest.vocab_size} in {manifest.path}); set model.vocab_size: null to take it from "
+                        "the data")
 
 
 class ManifestTokenizer(MegatronTokenizerBase):

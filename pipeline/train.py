@@ -30,7 +30,7 @@ from pipeline.monitor import Monitor
 log = logging.getLogger("pipeline")
 
 
-# Test hook: die abruptly right after this step (exercises crash → resume from the last checkpoint).
+# Test hook: die right after this step without saving (exercises crash → resume from the last checkpoint).
 FAIL_AT_STEP = int(os.environ.get("DYT_FAIL_AT_STEP", "0"))
 
 
@@ -134,7 +134,7 @@ def train(cfg: RunConfig) -> str:
             state = "preempted"
             break
         if step == FAIL_AT_STEP:
-            os._exit(17)  # test hook: a crash with no chance to save
+            raise SystemExit(f"DYT_FAIL_AT_STEP: crashing after step {step} without saving (test hook)")
         if cfg.checkpoint.save_interval and step % cfg.checkpoint.save_interval == 0 and step != t.steps:
             ckpt.save(engine, step, {"loss": last_loss})
 

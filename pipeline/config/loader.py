@@ -106,7 +106,7 @@ def build(tp: Any, value: Any, key: str) -> Any:
             except ConfigError as e:
                 errors.append(e)
         # A mapping was meant for the dataclass alternative: its error is the useful one.
-        for alt, err in zip(args, errors):
+        for alt, err in zip(args, errors, strict=True):
             if dataclasses.is_dataclass(alt) and isinstance(value, dict):
                 raise err
         raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")

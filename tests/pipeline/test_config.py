@@ -25,8 +25,9 @@ def test_every_shipped_run_config_is_valid(name):
 
 
 def test_overrides_are_typed_and_nested():
-    cfg = load_config("tiny_dyt", ["train.steps=7", "schedule.warmup_steps=2", "optimizer.lr=1e-4", "optimizer.min_lr=0", "model.norm.alpha_init={attention: 0.3,"
-                                   " mlp: 0.2, final: 0.1}", "parallel.vpp=null"])
+    cfg = load_config("tiny_dyt", ["train.steps=7", "schedule.warmup_steps=2", "optimizer.lr=1e-4",
+                                   "optimizer.min_lr=0", "model.norm.alpha_init={attention: 0.3, mlp: 0.2, final: 0.1}",
+                                   "parallel.vpp=null"])
     assert cfg.train.steps == 7 and cfg.optimizer.lr == 1e-4
     assert cfg.model.norm.alpha_init.attention == 0.3
     assert cfg.parallel.vpp is None
@@ -66,7 +67,8 @@ def test_defaults_cycle_is_reported(tmp_path):
 
 
 def test_resolved_config_round_trips(tmp_path):
-    cfg = load_config("tiny_dyt", ["train.steps=11", "schedule.warmup_steps=1", "model.norm.alpha_init={attention: 1, mlp: 2, final: 3}"])
+    cfg = load_config("tiny_dyt", ["train.steps=11", "schedule.warmup_steps=1",
+                                   "model.norm.alpha_init={attention: 1, mlp: 2, final: 3}"])
     save_config(cfg, tmp_path / "config.yaml")
     assert "defaults" not in yaml.safe_load((tmp_path / "config.yaml").read_text())
     assert load_config(str(tmp_path / "config.yaml")) == cfg

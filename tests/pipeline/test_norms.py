@@ -8,8 +8,17 @@ import torch
 from torch import nn
 
 from pipeline.config.schema import AlphaInit, NormConfig
-from pipeline.norms import (Derf, DyT, RMSNorm, decay_norm_params, embedding_scale, get_norm, paper_alpha_init,
-                            register_norm, site_params)
+from pipeline.norms import (
+    Derf,
+    DyT,
+    RMSNorm,
+    decay_norm_params,
+    embedding_scale,
+    get_norm,
+    paper_alpha_init,
+    register_norm,
+    site_params,
+)
 
 
 def cfg(dtype=torch.float32, sp=False):

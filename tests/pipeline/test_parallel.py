@@ -21,6 +21,8 @@ LAYOUTS = {
     "pp2_vpp2": ["parallel.pp=2", "parallel.vpp=2", "launch.nproc_per_node=2"],
     "dp2_distopt": ["parallel.distributed_optimizer=true", "launch.nproc_per_node=2"],
     "tp2_pp2_sp": ["parallel.tp=2", "parallel.pp=2", "parallel.sp=true", "launch.nproc_per_node=4"],
+    "recompute_full": ["parallel.recompute=full"],
+    "recompute_selective": ["parallel.recompute=selective"],
 }
 CASES = [("dyt", name) for name in LAYOUTS] + [("rmsnorm", n) for n in ("tp2", "tp2_sp", "pp2")]
 

@@ -79,3 +79,18 @@ def test_sigterm_saves_marks_preempted_and_resumes(tmp_path, pydocs_manifest):
     resumed = launch("tiny_dyt", [*args, f"train.steps={step + 2}", "schedule.warmup_steps=1"])
     assert f"resumed from {run / 'checkpoints' / f'step_{step:07d}'}" in resumed.stdout
     assert json.loads((run / "status.json").read_text())["state"] == "complete"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra", [
+    ["model.norm.type=tests.pipeline.test_norms:ScaledTanh"],  # a user norm from the user's own module
+    ["train.precision=bf16", "launch.nproc_per_node=2", "parallel.distributed_optimizer=true"],
+    ["schedule.decay=wsd", "schedule.wsd_decay_fraction=0.5", "model.norm.type=derf"],
+], ids=["user_norm", "bf16_distopt", "wsd_derf"])
+def test_variants_train(tmp_path, pydocs_manifest, extra):
+    launch("tiny_dyt", ["train.steps=20", "train.log_interval=5", "train.eval_interval=0", "schedule.warmup_steps=2",
+                        "model.num_layers=2", f"output_dir={tmp_path}", f"data.manifest={pydocs_manifest}", *extra])
+    loss = scalars(tmp_path / "tiny_dyt", "train/loss")
+    assert sorted(loss) == [5, 10, 15, 20] and loss[20] < loss[5], loss
+    lr = scalars(tmp_path / "tiny_dyt", "train/lr")
+    assert lr[20] < lr[5]  # decaying (cosine, or WSD's decay phase)
