@@ -21,6 +21,7 @@ from megatron.core import parallel_state as ps
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.tensor_parallel import get_cuda_rng_tracker
 
+from pipeline import cpu_compat
 from pipeline.engine import Engine
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ def _start_writer_queue() -> None:
 
     old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGTERM, signal.SIGUSR1)}
     try:
-        get_write_results_queue()
+        get_write_results_queue(cpu_compat.checkpoint_queue_start_method())
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)

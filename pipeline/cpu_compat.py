@@ -8,6 +8,8 @@ On a CPU-only machine megatron-core needs (measured in shared/research/megatron-
   S6  unbatched pipeline p2p: with gloo, `batch_isend_irecv` under the interleaved (virtual-stage)
       schedule pairs activations with the wrong micro-batch (PP2+VPP2 step-1 loss 8.22800 against
       8.22776 in one process; exact with batch_p2p_comm=False),
+  S7  fork, not spawn, for dist_checkpointing's long-lived result-queue process: a spawned one re-imports
+      the training module (megatron: ~4 s of CPU and ~0.7 GB per rank); nothing in it touches a GPU,
   S5  DistributedOptimizer resume fixes for megatron's torch-Adam fallback (always used on CPU, where
       Apex/TE are absent): create state before loading, give every param its own `step` after loading.
 """
@@ -86,6 +88,11 @@ def adapt_model_config(config):
     if on_cpu():
         config.batch_p2p_comm = False
     return config
+
+
+def checkpoint_queue_start_method() -> str:
+    """S7: how dist_checkpointing should start its result-queue process (megatron's default on GPU)."""
+    return "fork" if on_cpu() else "spawn"
 
 
 def seed_model_parallel_rng(seed: int) -> None:
