@@ -51,6 +51,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def have_transformer_engine() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("transformer_engine") is not None
+
+
 def choose_device(want: str) -> torch.device:
     """A GPU per local rank when CUDA is usable (or required), else the CPU with gloo and the shims."""
     if want == "cuda" and not torch.cuda.is_available():
@@ -63,6 +69,11 @@ def choose_device(want: str) -> torch.device:
 def init(cfg: RunConfig) -> Runtime:
     """Initialise torch.distributed and megatron's parallel state for `cfg.parallel`; seed RNGs."""
     device = choose_device(cfg.train.device)
+    needs_te = [k for k, on in (("parallel.cp", cfg.parallel.cp > 1), ("train.precision", cfg.train.precision == "fp8"))
+                if on]
+    if needs_te and (device.type == "cpu" or not have_transformer_engine()):
+        raise RuntimeError(f"{needs_te[0]}: context parallelism and fp8 need GPUs with Transformer Engine "
+                           "(pip install -r requirements/gpu.txt); use parallel.cp: 1 / train.precision: bf16")
     if device.type == "cpu":
         cpu_compat.activate()
     else:
@@ -81,8 +92,6 @@ def init(cfg: RunConfig) -> Runtime:
     from megatron.core import parallel_state as ps
 
     p = cfg.parallel
-    if p.cp > 1 and device.type == "cpu":
-        raise RuntimeError("parallel.cp: context parallelism needs GPUs with Transformer Engine; use cp: 1 on CPU")
     ps.initialize_model_parallel(
         tensor_model_parallel_size=p.tp,
         pipeline_model_parallel_size=p.pp,

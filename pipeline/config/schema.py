@@ -67,7 +67,7 @@ class TrainConfig:
     steps: int = 100
     micro_batch_size: int = 4
     global_batch_size: int = 8
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["fp32", "bf16", "fp8"] = "fp32"  # fp8: bf16 + TE's fp8 GEMMs (GPU with TE only)
     seed: int = 1234
     log_interval: int = 10
     eval_interval: int = 50  # 0 = no validation

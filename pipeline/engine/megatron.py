@@ -50,7 +50,7 @@ class MegatronEngine:
         self.modules = build_model(cfg, vocab_size, runtime.on_gpu)
         for m in self.modules:
             m.to(runtime.device)
-        bf16 = t.precision == "bf16"
+        bf16 = t.precision in ("bf16", "fp8")  # fp8 GEMMs run inside TE; params and master weights as bf16
         chunks = [Float16Module(self.config, m) for m in self.modules] if bf16 else self.modules
         ddp_config = DistributedDataParallelConfig(
             grad_reduce_in_fp32=True,

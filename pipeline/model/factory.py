@@ -31,7 +31,8 @@ def padded_vocab_size(vocab_size: int, cfg: RunConfig) -> int:
 
 def transformer_config(cfg: RunConfig, on_gpu: bool) -> TransformerConfig:
     m, p = cfg.model, cfg.parallel
-    bf16 = cfg.train.precision == "bf16"
+    bf16 = cfg.train.precision in ("bf16", "fp8")
+    fp8 = {"fp8": "hybrid", "fp8_recipe": "delayed"} if cfg.train.precision == "fp8" else {}
     recompute = {} if p.recompute == "none" else (
         {"recompute_granularity": "selective"} if p.recompute == "selective" else
         {"recompute_granularity": "full", "recompute_method": "uniform", "recompute_num_layers": 1})
@@ -64,6 +65,7 @@ def transformer_config(cfg: RunConfig, on_gpu: bool) -> TransformerConfig:
         sequence_parallel=p.sp,
         attention_softmax_in_fp32=True,
         **recompute,
+        **fp8,
     ))
 
 

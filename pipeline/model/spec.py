@@ -8,6 +8,7 @@ module followed by a plain column-parallel linear, so a site never has two norms
 
 import functools
 
+from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
 from megatron.core.models.backends import BackendSpecProvider, LocalSpecProvider
 from megatron.core.transformer.attention import SelfAttention, SelfAttentionSubmodules
 from megatron.core.transformer.enums import AttnMaskType
@@ -17,7 +18,6 @@ from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_block import TransformerBlockSubmodules, get_num_layers_to_build
 from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.transformer.transformer_layer import TransformerLayer, TransformerLayerSubmodules
-from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
 
 from pipeline.config.schema import NormConfig
 from pipeline.norms import get_norm, site_params
@@ -31,8 +31,8 @@ def default_backend() -> BackendSpecProvider:
     import torch
 
     try:
-        from megatron.core.extensions.transformer_engine_spec_provider import TESpecProvider
         import transformer_engine  # noqa: F401
+        from megatron.core.extensions.transformer_engine_spec_provider import TESpecProvider
     except ImportError:
         return LocalSpecProvider()
     return TESpecProvider() if torch.cuda.is_available() else LocalSpecProvider()

@@ -103,3 +103,17 @@ def check_built_model(norm: str, hidden: int) -> None:
             assert not hasattr(model.embedding, "scale")
     finally:
         runtime.shutdown()
+
+
+@pytest.mark.parametrize("overrides, key", [(["parallel.cp=2", "launch.nproc_per_node=2"], "parallel.cp"),
+                                            (["train.precision=fp8"], "train.precision")])
+def test_te_only_features_are_refused_clearly_on_cpu(overrides, key):
+    out = run_python(f"""
+from pipeline import runtime
+from pipeline.config import load_config
+try:
+    runtime.init(load_config("tiny_dyt", {overrides!r}))
+except RuntimeError as e:
+    print("REFUSED", e)
+""")
+    assert f"REFUSED {key}: context parallelism and fp8 need GPUs with Transformer Engine" in out
