@@ -7,11 +7,12 @@ OVERRIDES ?=
 LAUNCHER ?=
 NODES ?=
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 LAUNCH_FLAGS := $(if $(LAUNCHER),--launcher $(LAUNCHER)) $(if $(NODES),--nodes $(NODES))
 OVERRIDE_FLAGS := $(foreach o,$(OVERRIDES),--override $(o))
 
-.PHONY: help setup pretrain data test test-fast lint tensorboard clean-runs
+.PHONY: help setup pretrain data test test-fast lint tensorboard clean-runs bench-kernels gpu-check
 
 help:  ## this list
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -34,6 +35,12 @@ test-fast: setup  ## the suite without the slow multi-process tests
 
 lint: setup  ## ruff
 	$(VENV)/bin/ruff check .
+
+bench-kernels: setup  ## DyT kernel benchmark (GPU: ours/eager/compile/Liger/TE RMSNorm; CPU: eager vs compile)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) benchmarks/bench_kernels.py $(BENCH_ARGS)
+
+gpu-check: setup  ## one-command GPU check of the kernels (< 8 min on one H200); writes benchmarks/results/kernels/
+	$(PY) benchmarks/gpu_check.py
 
 tensorboard: setup  ## TensorBoard over every run in runs/
 	$(VENV)/bin/tensorboard --logdir runs --port $${PORT:-6006}
