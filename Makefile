@@ -12,7 +12,7 @@ BENCH_ARGS ?=
 LAUNCH_FLAGS := $(if $(LAUNCHER),--launcher $(LAUNCHER)) $(if $(NODES),--nodes $(NODES))
 OVERRIDE_FLAGS := $(foreach o,$(OVERRIDES),--override $(o))
 
-.PHONY: help setup pretrain data test test-fast lint tensorboard clean-runs bench-kernels gpu-check
+.PHONY: help setup pretrain data test test-fast lint tensorboard clean-runs bench-kernels gpu-check bench-data
 
 help:  ## this list
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -41,6 +41,9 @@ bench-kernels: setup  ## DyT kernel benchmark (GPU: ours/eager/compile/Liger/TE 
 
 gpu-check: setup  ## one-command GPU check of the kernels (< 8 min on one H200); writes benchmarks/results/kernels/
 	$(PY) benchmarks/gpu_check.py
+
+bench-data: setup  ## data prep throughput: data_prep workers vs a single-process baseline (generated corpus)
+	$(PY) benchmarks/bench_data.py $(BENCH_ARGS)
 
 tensorboard: setup  ## TensorBoard over every run in runs/
 	$(VENV)/bin/tensorboard --logdir runs --port $${PORT:-6006}
