@@ -8,11 +8,12 @@ LAUNCHER ?=
 NODES ?=
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+RUN ?=
 
 LAUNCH_FLAGS := $(if $(LAUNCHER),--launcher $(LAUNCHER)) $(if $(NODES),--nodes $(NODES))
 OVERRIDE_FLAGS := $(foreach o,$(OVERRIDES),--override $(o))
 
-.PHONY: help setup pretrain data test test-fast lint tensorboard clean-runs bench-kernels gpu-check bench-data
+.PHONY: help setup pretrain data test test-fast lint tensorboard clean-runs bench-kernels gpu-check bench-data compare bench-model scurve
 
 help:  ## this list
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -35,6 +36,16 @@ test-fast: setup  ## the suite without the slow multi-process tests
 
 lint: setup  ## ruff
 	$(VENV)/bin/ruff check .
+
+compare: CONFIG = compare/tiny
+compare: setup  ## train a compare config's variants × seeds (finished runs reused); report in reports/<name>/
+	$(PY) -m pipeline.evaluation compare $(CONFIG) $(if $(LAUNCHER),--launcher $(LAUNCHER))
+
+bench-model: setup data  ## wall-clock of the norm layers alone and the whole model per norm, at CONFIG's shapes
+	$(PY) -m pipeline.evaluation bench $(CONFIG) $(OVERRIDES)
+
+scurve: setup  ## S-curves of a LayerNorm/RMSNorm run, or α over training of a DyT run (RUN=<run dir>)
+	$(PY) -m pipeline.evaluation scurve $(RUN)
 
 bench-kernels: setup  ## DyT kernel benchmark (GPU: ours/eager/compile/Liger/TE RMSNorm; CPU: eager vs compile)
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) benchmarks/bench_kernels.py $(BENCH_ARGS)

@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 
 from pipeline.engine import StepResult
+from pipeline.model import norm_sites
 from pipeline.norms import is_dyt_like
 
 log = logging.getLogger("pipeline")
@@ -49,18 +50,10 @@ def memory_gb(device: torch.device) -> float:
 def norm_stats(modules: list[torch.nn.Module]) -> dict[str, float]:
     """α and γ statistics per DyT-like norm site, gathered from every pipeline stage."""
     local: dict[str, float] = {}
+    for site, norm in norm_sites(modules).items():
+        if is_dyt_like(norm):
+            _add(local, site, norm)
     for chunk in modules:
-        decoder = getattr(chunk, "decoder", None)
-        if decoder is None:
-            continue
-        for layer in decoder.layers:
-            for site, attr in (("attention", "input_layernorm"), ("mlp", "pre_mlp_layernorm")):
-                norm = getattr(layer, attr, None)
-                if norm is not None and is_dyt_like(norm):
-                    _add(local, f"{site}/layer_{layer.layer_number:02d}", norm)
-        final = getattr(decoder, "final_layernorm", None)
-        if final is not None and is_dyt_like(final):
-            _add(local, "final", final)
         emb = getattr(getattr(chunk, "embedding", None), "scale", None)
         if emb is not None:
             local["embedding_scale"] = float(emb.detach().float())

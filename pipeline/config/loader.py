@@ -17,6 +17,7 @@ import yaml
 from .schema import RunConfig
 
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+_YAML_BOOL_WORDS = {True: ("on", "yes", "true", "y"), False: ("off", "no", "false", "n")}
 CONFIGS_ROOT = Path(__file__).resolve().parents[2] / "configs"
 
 
@@ -111,6 +112,9 @@ def build(tp: Any, value: Any, key: str) -> Any:
                 raise err
         raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
     if origin is Literal:
+        if isinstance(value, bool):  # YAML 1.1 reads off/on/yes/no as booleans
+            spelled = [a for a in args if isinstance(a, str) and a in _YAML_BOOL_WORDS[value]]
+            value = spelled[0] if len(spelled) == 1 else value
         if value in args:
             return value
         raise ConfigError(f"{key}: expected one of {', '.join(repr(a) for a in args)}, got {value!r}")

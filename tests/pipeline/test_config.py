@@ -31,6 +31,7 @@ def test_overrides_are_typed_and_nested():
     assert cfg.train.steps == 7 and cfg.optimizer.lr == 1e-4
     assert cfg.model.norm.alpha_init.attention == 0.3
     assert cfg.parallel.vpp is None
+    assert load_config("tiny_dyt", ["model.embedding_scale=off"]).model.embedding_scale == "off"  # not False
 
 
 @pytest.mark.parametrize("override, key", [
