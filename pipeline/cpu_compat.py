@@ -8,6 +8,8 @@ On a CPU-only machine megatron-core needs (measured in shared/research/megatron-
   S6  unbatched pipeline p2p: with gloo, `batch_isend_irecv` under the interleaved (virtual-stage)
       schedule pairs activations with the wrong micro-batch (PP2+VPP2 step-1 loss 8.22800 against
       8.22776 in one process; exact with batch_p2p_comm=False),
+  S8  an empty "CUDA RNG state" for activation recomputation, which saves and restores it around each
+      recomputed block (on CPU every random stream is a CPU generator state the tracker already keeps),
   S7  fork, not spawn, for dist_checkpointing's long-lived result-queue process: a spawned one re-imports
       the training module (megatron: ~4 s of CPU and ~0.7 GB per rank); nothing in it touches a GPU,
   S5  DistributedOptimizer resume fixes for megatron's torch-Adam fallback (always used on CPU, where
@@ -79,6 +81,7 @@ def activate() -> None:
     torch.cuda.current_stream = lambda *a, **k: _NullStream()
     torch.cuda.stream = lambda *a, **k: contextlib.nullcontext()
     torch.cuda.max_memory_allocated = lambda *a, **k: 0
+    torch.cuda.get_rng_state = torch.cuda.random.get_rng_state = lambda *a, **k: torch.empty(0, dtype=torch.uint8)
     _CudaToCpuMode().__enter__()  # process-wide, for the life of the process
     _active = True
 
