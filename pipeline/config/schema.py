@@ -43,6 +43,10 @@ class ModelConfig:
     make_vocab_size_divisible_by: int = 128
     rope_theta: float = 500_000.0
     init_method_std: float = 0.02
+    # LM-head init std (None = init_method_std). Small widths need more than 0.02 with DyT: the head's
+    # starting logits (≈ std·√d) are then too small, the residual stream grows until every DyT
+    # saturates and the model stalls at the unigram loss (see configs/model/tiny.yaml).
+    output_init_std: float | None = None
     untie_embeddings: bool = True
     dropout: float = 0.0
     norm: NormConfig = field(default_factory=NormConfig)

@@ -67,6 +67,8 @@ def validate(cfg: RunConfig) -> None:
               "or an import path 'package.module:Class'")
     if n.fuse_residual_add and n.type != "dyt":
         _fail("model.norm.fuse_residual_add", f"fused residual-add is implemented for dyt, not {n.type!r}")
+    if m.output_init_std is not None and not m.untie_embeddings:
+        _fail("model.output_init_std", "needs model.untie_embeddings: true (a tied head is the embedding)")
     if m.dropout < 0 or m.dropout >= 1:
         _fail("model.dropout", f"must be in [0, 1), got {m.dropout}")
 

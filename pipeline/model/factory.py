@@ -115,5 +115,9 @@ def build_model(cfg: RunConfig, vocab_size: int, on_gpu: bool,
         )
         if pre and scale is not None:
             add_embedding_scale(model, scale, config)
+        if post and m.output_init_std is not None:
+            # Rescale megatron's draw rather than redraw: keeps the init identical across TP sizes.
+            with torch.no_grad():
+                model.output_layer.weight.mul_(m.output_init_std / m.init_method_std)
         chunks.append(model)
     return chunks

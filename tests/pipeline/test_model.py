@@ -117,3 +117,20 @@ except RuntimeError as e:
     print("REFUSED", e)
 """)
     assert f"REFUSED {key}: context parallelism and fp8 need GPUs with Transformer Engine" in out
+
+
+def test_output_init_std_rescales_the_head():
+    out = run_python("""
+from pipeline import runtime
+from pipeline.config import load_config
+from pipeline.model import build_model
+for std in (None, 0.1):
+    cfg = load_config("tiny_dyt", [f"model.output_init_std={'null' if std is None else std}"])
+    runtime.init(cfg)
+    (model,) = build_model(cfg, vocab_size=256, on_gpu=False)
+    head, emb = model.output_layer.weight, model.embedding.word_embeddings.weight
+    print("STD", round(head.std().item(), 3), round(emb.std().item(), 3))
+    runtime.shutdown()
+""")
+    stds = [tuple(map(float, line.split()[1:])) for line in out.splitlines() if line.startswith("STD")]
+    assert stds[0] == pytest.approx((0.02, 0.02), abs=2e-3) and stds[1] == pytest.approx((0.1, 0.02), abs=5e-3)
