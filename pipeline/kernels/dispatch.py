@@ -38,6 +38,17 @@ def resolve_kernel(kernel: str, device: torch.device | str) -> str:
     return kernel
 
 
+def _implementation(op: str, kernel: str, device: torch.device):
+    """The function that runs `op` (dyt | derf | add_dyt) for the requested kernel on `device`."""
+    k = resolve_kernel(kernel, device)
+    if k == "triton":
+        from pipeline.kernels import dyt_triton
+
+        return getattr(dyt_triton, op)
+    eager = getattr(reference, f"{op}_eager")
+    return reference.compiled(eager) if k == "compile" else eager
+
+
 def dyt(
     x: torch.Tensor,
     alpha: torch.Tensor,
@@ -47,13 +58,7 @@ def dyt(
     kernel: str = "auto",
 ) -> torch.Tensor:
     """DyT: weight * tanh(alpha * x) + bias over the last dim of x; alpha is a 1-element tensor."""
-    k = resolve_kernel(kernel, x.device)
-    if k == "triton":
-        from pipeline.kernels import dyt_triton
-
-        return dyt_triton.dyt(x, alpha, weight, bias)
-    fn = reference.compiled(reference.dyt_eager) if k == "compile" else reference.dyt_eager
-    return fn(x, alpha, weight, bias)
+    return _implementation("dyt", kernel, x.device)(x, alpha, weight, bias)
 
 
 def derf(
@@ -66,13 +71,7 @@ def derf(
     kernel: str = "auto",
 ) -> torch.Tensor:
     """Derf: weight * erf(alpha * x + shift) + bias; alpha and shift are 1-element tensors."""
-    k = resolve_kernel(kernel, x.device)
-    if k == "triton":
-        from pipeline.kernels import dyt_triton
-
-        return dyt_triton.derf(x, alpha, shift, weight, bias)
-    fn = reference.compiled(reference.derf_eager) if k == "compile" else reference.derf_eager
-    return fn(x, alpha, shift, weight, bias)
+    return _implementation("derf", kernel, x.device)(x, alpha, shift, weight, bias)
 
 
 def add_dyt(
@@ -85,10 +84,4 @@ def add_dyt(
     kernel: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fused residual add + DyT: returns (DyT(h), h) with h = x + residual."""
-    k = resolve_kernel(kernel, x.device)
-    if k == "triton":
-        from pipeline.kernels import dyt_triton
-
-        return dyt_triton.add_dyt(x, residual, alpha, weight, bias)
-    fn = reference.compiled(reference.add_dyt_eager) if k == "compile" else reference.add_dyt_eager
-    return fn(x, residual, alpha, weight, bias)
+    return _implementation("add_dyt", kernel, x.device)(x, residual, alpha, weight, bias)
