@@ -60,6 +60,12 @@ class RunPlan:
         return [sys.executable, "-m", "launch", self.config, *self.overrides]
 
 
+def portable(cmd: list[str]) -> list[str]:
+    """The command as recorded in reports: `python` (the project's venv, from the repo root), not this
+    machine's interpreter path."""
+    return ["python", *cmd[1:]]
+
+
 @dataclass
 class RunResult:
     label: str
@@ -199,7 +205,7 @@ def collect(p: RunPlan, reused: bool, seconds: float | None) -> RunResult:
     if not steps or steps[-1] != p.cfg.train.steps:
         raise CompareError(f"run {p.name}: train/loss ends at step {steps[-1] if steps else None}, expected "
                            f"{p.cfg.train.steps}; the event files do not match status.json")
-    return RunResult(p.label, p.seed, p.name, str(p.run_dir), p.command, reused, seconds, status,
+    return RunResult(p.label, p.seed, p.name, str(p.run_dir), portable(p.command), reused, seconds, status,
                      to_dict(p.cfg), run_metrics(curves), keep)
 
 
@@ -267,7 +273,8 @@ def norm_analysis(cc: CompareConfig, runs: list[RunResult], out_dir: Path, quiet
                                f"{proc.stdout[-2000:]}{proc.stderr[-3000:]}")
         if not quiet:
             print(proc.stdout, end="", flush=True)
-        out[v.label] = {"run": run.name, "dir": str(dest.relative_to(out_dir)), "command": cmd,
+        # The analysis' own results.json carries its (portable) command.
+        out[v.label] = {"run": run.name, "dir": str(dest.relative_to(out_dir)),
                         **json.loads((dest / "results.json").read_text())}
     return out
 
