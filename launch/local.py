@@ -14,7 +14,7 @@ def torchrun_command(cfg: RunConfig, config_path: Path) -> list[str]:
             "-m", "pipeline.train", "--config", str(config_path)]
 
 
-def train_env(cfg: RunConfig) -> dict[str, str]:
+def train_env() -> dict[str, str]:
     env = dict(os.environ)
     # megatron's TP/SP comm-compute overlap relies on a single CUDA work queue; harmless on CPU.
     env.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "1")
@@ -30,4 +30,4 @@ def run_local(cfg: RunConfig, config_path: Path, dry_run: bool = False) -> int:
     print("+", " ".join(cmd), flush=True)
     if dry_run:
         return 0
-    return subprocess.call(cmd, env=train_env(cfg))
+    return subprocess.call(cmd, env=train_env())

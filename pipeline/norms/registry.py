@@ -37,7 +37,7 @@ def get_norm(name: str) -> type[nn.Module]:
         if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
             raise ValueError(f"model.norm.type: {name!r} is not an nn.Module class")
         return cls
-    raise ValueError(f"model.norm.type: unknown norm {name!r} (registered: {', '.join(sorted(_NORMS))})")
+    raise ValueError(f"model.norm.type: unknown norm {name!r} (registered: {', '.join(registered_norms())})")
 
 
 def registered_norms() -> list[str]:
