@@ -13,7 +13,7 @@ RUN ?=
 LAUNCH_FLAGS := $(if $(LAUNCHER),--launcher $(LAUNCHER)) $(if $(NODES),--nodes $(NODES))
 OVERRIDE_FLAGS := $(foreach o,$(OVERRIDES),--override $(o))
 
-.PHONY: help setup pretrain data test test-fast lint tensorboard clean-runs bench-kernels gpu-check bench-data compare bench-model scurve
+.PHONY: help setup pretrain data test test-fast lint tensorboard clean-runs bench-kernels gpu-check bench-data compare bench-model scurve verify-checkpoint bench-checkpoint
 
 help:  ## this list
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -55,6 +55,12 @@ gpu-check: setup  ## one-command GPU check of the kernels (< 8 min on one H200);
 
 bench-data: setup  ## data prep throughput: data_prep workers vs a single-process baseline (generated corpus)
 	$(PY) benchmarks/bench_data.py $(BENCH_ARGS)
+
+verify-checkpoint: setup  ## check every checkpoint of RUN=<run dir> (files, sizes, SHA-256) without loading a model
+	$(PY) -m pipeline.checkpoint verify $(RUN)
+
+bench-checkpoint: setup data  ## training stall per checkpoint save, synchronous vs asynchronous (CONFIG's model)
+	$(PY) benchmarks/bench_checkpoint.py --config $(CONFIG) $(BENCH_ARGS)
 
 tensorboard: setup  ## TensorBoard over every run in runs/
 	$(VENV)/bin/tensorboard --logdir runs --port $${PORT:-6006}

@@ -54,7 +54,19 @@ class Manifest:
         return prefixes, weights
 
 
-def load_manifest(path: str | Path) -> Manifest:
+def _check_inside(manifest: Path, key: str, rel: str, allow_external: bool) -> None:
+    """A manifest names files relative to its own directory; one that reaches elsewhere (`..`, an absolute
+    path, a symlink out) is refused unless the user said so: a manifest is input, not a license to read."""
+    root = manifest.parent.resolve()
+    target = (manifest.parent / rel).resolve()
+    if not allow_external and not target.is_relative_to(root):
+        raise DataError(f"data.manifest: {manifest} names {key} {rel!r}, which resolves to {target}, outside the "
+                        f"manifest's directory {root}; if you trust this manifest, set "
+                        "data.allow_external_paths: true")
+
+
+def load_manifest(path: str | Path, allow_external: bool = False) -> Manifest:
+    """The manifest at `path`, its shards present and inside its directory (unless `allow_external`)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"data.manifest: {path} does not exist (run `make data CONFIG=...` to build it)")
@@ -65,8 +77,10 @@ def load_manifest(path: str | Path) -> Manifest:
     if raw.get("format") != MANIFEST_FORMAT:
         raise DataError(f"data.manifest: {path} has format {raw.get('format')!r}, expected {MANIFEST_FORMAT!r}")
     m = Manifest(path, raw)
+    _check_inside(path, "the tokenizer", m.tokenizer["path"], allow_external)
     for split in ("train", "valid"):
         for shard in raw["splits"].get(split, []):
+            _check_inside(path, f"{split} shard", shard["prefix"], allow_external)
             for ext in (".bin", ".idx"):
                 f = m.root / (shard["prefix"] + ext)
                 if not f.is_file():

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import runtime
-from pipeline.checkpoint import CheckpointError, CheckpointManager, read_meta
+from pipeline.checkpoint import CheckpointError, CheckpointManager
 from pipeline.config import RunConfig, load_config
 from pipeline.data import Manifest, check_tokenizer, load_manifest
 from pipeline.engine import Engine, build_engine
@@ -34,7 +34,7 @@ class Session:
 def start(cfg: RunConfig) -> Session:
     """Processes, data manifest and a freshly initialised engine for `cfg` (collective)."""
     rt = runtime.init(cfg)
-    manifest = load_manifest(cfg.data.manifest_path)
+    manifest = load_manifest(cfg.data.manifest_path, cfg.data.allow_external_paths)
     check_tokenizer(manifest, cfg.model.vocab_size)
     vocab = cfg.model.vocab_size or manifest.vocab_size
     return Session(cfg, rt, manifest, vocab, build_engine(cfg, rt, vocab))
@@ -47,17 +47,17 @@ def open_run(run_dir: str | Path, step: int | None = None, overrides: list[str] 
         raise FileNotFoundError(f"{run_dir}: not a run directory (no config.yaml)")
     cfg = load_config(str(run_dir / "config.yaml"), [*SINGLE_PROCESS, *(overrides or [])])
     ckpt = CheckpointManager(run_dir / "checkpoints", cfg)
-    if step is None:
-        path = ckpt.find_resume("auto")
-        if path is None:
-            raise CheckpointError(f"{run_dir}/checkpoints: no complete checkpoint")
-    else:
+    path = None
+    if step is not None:
         path = run_dir / "checkpoints" / f"step_{step:07d}"
         done = [p.name for p in ckpt.complete_checkpoints()]
         if path.name not in done:
             raise CheckpointError(f"{path}: no complete checkpoint at step {step} "
                                   f"(complete: {', '.join(done) or 'none'})")
     session = start(cfg)
-    ckpt.load_weights(session.engine, path)
-    session.checkpoint, session.step = path, int(read_meta(path)["step"])
+    if path is None:
+        path, record = ckpt.load_newest_weights(session.engine)
+    else:
+        record = ckpt.load_weights(session.engine, path)
+    session.checkpoint, session.step = path, int(record["step"])
     return session

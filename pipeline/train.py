@@ -20,9 +20,10 @@ import torch
 import torch.distributed as dist
 
 from pipeline import runtime
-from pipeline.checkpoint import CheckpointManager
+from pipeline.checkpoint import CheckpointError, CheckpointManager, async_enabled
 from pipeline.config import RunConfig, load_config, save_config
 from pipeline.data import build_datasets, step_microbatches
+from pipeline.divergence import Diverged, DivergenceGuard
 from pipeline.monitor import Monitor
 from pipeline.run_loader import start as start_session
 
@@ -82,15 +83,21 @@ def train(cfg: RunConfig) -> str:
         write_status(run_dir, "running", 0)
     engine.write_run_files(run_dir)
 
-    ckpt = CheckpointManager(run_dir / "checkpoints", cfg)
+    ckpt = CheckpointManager(run_dir / "checkpoints", cfg, async_save=async_enabled(cfg, rt.on_gpu))
     start = 0
-    resume_from = ckpt.find_resume(cfg.checkpoint.resume)
-    if resume_from is not None:
-        start = ckpt.load(engine, resume_from)
+    try:
+        resumed = ckpt.restore(engine, cfg.checkpoint.resume)
+        if resumed is None and cfg.checkpoint.init_from:
+            ckpt.load_weights(engine, Path(cfg.checkpoint.init_from))
+    except CheckpointError as e:
         if rt.is_main:
-            print(f"resumed from {resume_from} at step {start}", flush=True)
-    elif cfg.checkpoint.init_from:
-        ckpt.load_weights(engine, Path(cfg.checkpoint.init_from))
+            write_status(run_dir, "failed", 0, reason=str(e))
+        raise
+    if resumed is not None:
+        start = resumed.step
+        if rt.is_main:
+            print(f"resumed from {resumed.path} at step {start}", flush=True)
+    guard = DivergenceGuard(t, ckpt, resumed.record.get("skipped_steps", 0) if resumed else 0)
 
     num_valid = t.eval_iters * t.global_batch_size if t.eval_interval else 0
     train_ds, valid_ds = build_datasets(session.manifest, cfg.model.seq_length, t.seed, t.steps * t.global_batch_size,
@@ -104,35 +111,43 @@ def train(cfg: RunConfig) -> str:
               f"{rt.world_size} (tp {cfg.parallel.tp} pp {cfg.parallel.pp} dp {rt.dp_size}{zero}), {rt.device.type}, "
               f"steps {start}→{t.steps}", flush=True)
 
-    state, step, last_loss, t_start = "complete", start, float("nan"), time.time()
-    for step in range(start + 1, t.steps + 1):
-        batch = list(step_microbatches(train_ds, step - 1, t.global_batch_size, t.micro_batch_size,
-                                       rt.dp_rank, rt.dp_size))
-        t0 = time.perf_counter()
-        result = engine.train_step(batch)
-        monitor.step(step, result, time.perf_counter() - t0, engine)
-        if not math.isfinite(result.loss):
-            if t.nan_policy == "stop":
+    last_loss = resumed.record.get("loss", float("nan")) if resumed else float("nan")
+    state, step, t_start = "complete", start, time.time()
+    try:
+        for step in range(start + 1, t.steps + 1):
+            batch = list(step_microbatches(train_ds, step - 1, t.global_batch_size, t.micro_batch_size,
+                                           rt.dp_rank, rt.dp_size))
+            t0 = time.perf_counter()
+            result = engine.train_step(batch)
+            monitor.step(step, result, time.perf_counter() - t0, engine)
+            if not math.isfinite(result.loss):
+                if t.nan_policy == "stop":
+                    raise NonFiniteLoss(f"step {step}: loss is {result.loss}; stopping (train.nan_policy: stop). "
+                                        f"No checkpoint was written for this step; the last good one is kept.")
                 if rt.is_main:
-                    write_status(run_dir, "failed", step - 1, reason="non-finite loss")
-                raise NonFiniteLoss(f"step {step}: loss is {result.loss}; stopping (train.nan_policy: stop). "
-                                    f"No checkpoint was written for this step; the last good one is kept.")
-            if rt.is_main:
-                print(f"step {step}: non-finite loss {result.loss}, update skipped (train.nan_policy: skip)",
-                      flush=True)
-        else:
-            last_loss = result.loss
-        if t.eval_interval and valid_ds is not None and (step % t.eval_interval == 0 or step == t.steps):
-            monitor.validation(step, evaluate(engine, valid_ds, cfg, rt))
-        if preempt.requested(rt.device):
-            state = "preempted"
-            break
-        if step == FAIL_AT_STEP:
-            raise SystemExit(f"DYT_FAIL_AT_STEP: crashing after step {step} without saving (test hook)")
-        if cfg.checkpoint.save_interval and step % cfg.checkpoint.save_interval == 0 and step != t.steps:
-            ckpt.save(engine, step, {"loss": last_loss})
-
-    path = ckpt.save(engine, step, {"loss": last_loss})
+                    print(f"step {step}: non-finite loss {result.loss}, update skipped (train.nan_policy: skip)",
+                          flush=True)
+            else:
+                last_loss = result.loss
+            guard.update(step, result.skipped)
+            if t.eval_interval and valid_ds is not None and (step % t.eval_interval == 0 or step == t.steps):
+                monitor.validation(step, evaluate(engine, valid_ds, cfg, rt))
+            if preempt.requested(rt.device):
+                state = "preempted"
+                break
+            if step == FAIL_AT_STEP:
+                raise SystemExit(f"DYT_FAIL_AT_STEP: crashing after step {step} without saving (test hook)")
+            ckpt.poll()  # completes a finished asynchronous save
+            if cfg.checkpoint.save_interval and step % cfg.checkpoint.save_interval == 0 and step != t.steps:
+                ckpt.save(engine, step, {"loss": last_loss, "skipped_steps": guard.total})
+        # End of training and preemption: the in-flight save completes first, then this one, synchronously.
+        path = ckpt.save(engine, step, {"loss": last_loss, "skipped_steps": guard.total}, final=True)
+    except (NonFiniteLoss, Diverged, CheckpointError) as e:
+        ckpt.wait()  # a save in flight holds the state from before the failure: let it complete
+        monitor.close()
+        if rt.is_main:
+            write_status(run_dir, "failed", step, reason=str(e))
+        raise
     if rt.is_main:
         write_status(run_dir, state, step, checkpoint=str(path))
         wall = time.time() - t_start
@@ -150,7 +165,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     cfg = load_config(args.config, args.overrides)
-    state = train(cfg)
+    try:
+        state = train(cfg)
+    except (NonFiniteLoss, Diverged, CheckpointError) as e:  # explained in full (and in status.json)
+        if os.environ.get("RANK", "0") == "0":  # every rank stops with the same message
+            print(f"error: {e}", file=sys.stderr, flush=True)
+        return 1
     return 0 if state in ("complete", "preempted") else 1
 
 

@@ -78,6 +78,10 @@ class TrainConfig:
     eval_interval: int = 50  # 0 = no validation
     eval_iters: int = 4
     nan_policy: Literal["skip", "stop"] = "skip"
+    # Divergence guard: skipped updates (non-finite loss or gradients) in a row, and in the whole run
+    # (resumes included), before the run stops as failed. 0 = no limit.
+    max_consecutive_skips: int = 5
+    max_skipped_steps: int = 100
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when visible (SLURM: asks for GPUs if cuda)
 
 
@@ -104,6 +108,8 @@ class DataConfig:
     manifest: str = ""  # manifest.json written by data_prep; "" = <prepare.output_dir>/manifest.json
     prepare: PrepareConfig | None = None  # how `make data` builds the manifest
     num_workers: int = 0  # DataLoader workers
+    # Shard and tokenizer paths in the manifest must stay inside its directory unless this is true.
+    allow_external_paths: bool = False
 
     @property
     def manifest_path(self) -> Path:
@@ -135,6 +141,11 @@ class CheckpointConfig:
     keep_last: int = 2
     resume: str = "auto"  # auto (latest in the run dir) | none | <path to a checkpoint dir>
     init_from: str | None = None  # weights only, at step 0, from any checkpoint (any parallel layout)
+    # Write in the background while training goes on (megatron engine). auto: on for GPU runs.
+    async_save: Literal["auto"] | bool = "auto"
+    # A save that fails (disk full, permissions, I/O): stop the run as failed, or log it and keep training
+    # (the final save at the end / on preemption always stops the run as failed).
+    on_save_error: Literal["fail", "continue"] = "fail"
 
 
 @dataclass

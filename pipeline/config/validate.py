@@ -84,6 +84,10 @@ def validate(cfg: RunConfig) -> None:
         _fail("checkpoint.keep_last", f"must be >= 1, got {cfg.checkpoint.keep_last}")
     if t.log_interval < 1:
         _fail("train.log_interval", f"must be >= 1, got {t.log_interval}")
+    for key, v in (("train.max_consecutive_skips", t.max_consecutive_skips),
+                   ("train.max_skipped_steps", t.max_skipped_steps)):
+        if v < 0:
+            _fail(key, f"must be >= 0 (0 = no limit), got {v}")
     if cfg.engine == "deepspeed":
         _validate_deepspeed(cfg)
     if not cfg.data.manifest and cfg.data.prepare is None:
@@ -112,3 +116,7 @@ def _validate_deepspeed(cfg: RunConfig) -> None:
         _fail("deepspeed.offload_param", "needs deepspeed.zero_stage: 3")
     if cfg.train.precision == "fp8":
         _fail("train.precision", "fp8 runs through Transformer Engine in the megatron engine; use bf16 here")
+    if cfg.checkpoint.async_save is True:
+        _fail("checkpoint.async_save", "the DeepSpeed engine saves synchronously: DeepSpeed's decoupled writer "
+              "pipes each state dict to a spawned process and blocks at the next optimizer step until it is "
+              "written (docs/checkpoints.md); set checkpoint.async_save: false (or auto), or use engine: megatron")

@@ -7,7 +7,7 @@ ENGINES (and in the config schema's `engine` choices).
 
 import importlib
 
-from .base import Engine, StepResult
+from .base import Engine, PendingSave, StepResult
 
 ENGINES = {
     "megatron": "pipeline.engine.megatron:MegatronEngine",
@@ -21,4 +21,4 @@ def build_engine(cfg, runtime, vocab_size: int) -> Engine:
     return getattr(importlib.import_module(module), cls)(cfg, runtime, vocab_size)
 
 
-__all__ = ["ENGINES", "Engine", "StepResult", "build_engine"]
+__all__ = ["ENGINES", "Engine", "PendingSave", "StepResult", "build_engine"]

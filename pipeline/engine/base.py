@@ -6,12 +6,14 @@ Nothing here imports megatron or deepspeed.
 """
 
 import contextlib
-from collections.abc import Iterator
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import torch
+import torch.distributed as dist
 
 
 @dataclass
@@ -21,6 +23,13 @@ class StepResult:
     lr: float
     tokens: int  # tokens in the global batch
     skipped: bool  # no update was applied (non-finite loss)
+
+
+class PendingSave(Protocol):
+    """An asynchronous save in flight (the checkpoint manager completes it)."""
+
+    def done(self, blocking: bool) -> bool:
+        """Collective: True once every rank's writes are on disk; raises if a rank's write failed."""
 
 
 class Engine(Protocol):
@@ -35,14 +44,18 @@ class Engine(Protocol):
     def layout(self) -> dict:
         """What a checkpoint must have been saved with to be restored exactly (optimizer shards, RNG)."""
 
-    def save(self, directory: Path, step: int) -> None:
-        """Collective: write model, optimizer, schedule and RNG state into `directory` (it exists)."""
+    def save(self, directory: Path, step: int, async_save: bool = False) -> PendingSave | None:
+        """Collective: write model, optimizer, schedule and RNG state into `directory` (it exists). With
+        `async_save` the state is captured now and written in the background: returns the pending save."""
+
+    def state_is_finite(self) -> bool:
+        """Collective and cheap: no inf/NaN in the weights or the optimizer state of any rank."""
 
     def load(self, directory: Path, saved_layout: dict) -> int:
         """Collective: restore everything saved by `save`; returns the step. When `saved_layout` differs from
         `layout()` the engine restores what it can (and says so) or raises with what to do instead."""
 
-    def load_weights(self, directory: Path) -> None:
+    def load_weights(self, directory: Path, saved_layout: dict) -> None:
         """Collective: model weights only, from a checkpoint of this engine in any parallel layout."""
 
     def norm_sites(self) -> dict[str, torch.nn.Module]:
@@ -62,6 +75,31 @@ class Engine(Protocol):
 def no_gather(params: list[torch.nn.Parameter]) -> Iterator[None]:
     """`Engine.gathered` for engines whose parameters are always whole on their rank."""
     yield
+
+
+def optimizer_tensors(optimizers: Iterable[torch.optim.Optimizer]) -> Iterator[torch.Tensor]:
+    """What torch optimizers step and keep: their (master) parameters and every state tensor."""
+    for opt in optimizers:
+        for group in opt.param_groups:
+            yield from group["params"]
+        for state in opt.state.values():
+            yield from (v for v in state.values() if isinstance(v, torch.Tensor))
+
+
+def all_finite(tensors: Iterable[torch.Tensor], device: torch.device) -> bool:
+    """Collective: every floating-point tensor of every rank is finite. One max-|x| per tensor, batched per
+    device and dtype (a max cannot overflow where a sum could)."""
+    groups: dict[tuple, list[torch.Tensor]] = defaultdict(list)
+    for t in tensors:
+        if t.is_floating_point() and t.numel():
+            groups[(t.device, t.dtype)].append(t.detach())
+    ok = torch.ones(1, device=device)
+    for ts in groups.values():
+        if not torch.isfinite(torch.stack(torch._foreach_norm(ts, float("inf")))).all():
+            ok.zero_()
+    if dist.is_initialized():
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    return bool(ok.item())
 
 
 def per_token_loss(losses: torch.Tensor, loss_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

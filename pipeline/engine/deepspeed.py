@@ -23,7 +23,7 @@ from pipeline.config.schema import RunConfig
 from pipeline.model import build_model, norm_sites, transformer_config
 from pipeline.runtime import Runtime
 
-from .base import StepResult, causal_mask, nan_injection_steps, per_token_loss
+from .base import StepResult, all_finite, causal_mask, nan_injection_steps, optimizer_tensors, per_token_loss
 from .optim import build_scheduler, optimizer_config, weight_decay_overrides
 
 log = logging.getLogger(__name__)
@@ -196,7 +196,9 @@ class DeepSpeedEngine:
         return {"engine": "deepspeed", "tp": self.cfg.parallel.tp, "dp": self.rt.dp_size,
                 "zero_stage": self.cfg.deepspeed.zero_stage, "precision": self.cfg.train.precision}
 
-    def save(self, directory: Path, step: int) -> None:
+    def save(self, directory: Path, step: int, async_save: bool = False) -> None:
+        if async_save:  # config validation refuses it; see docs/checkpoints.md for what DeepSpeed offers
+            raise ValueError("the DeepSpeed engine saves synchronously (checkpoint.async_save: false)")
         self.ds.save_checkpoint(str(directory), tag=TAG, save_latest=False, client_state={
             "step": step, "scheduler": self.scheduler.state_dict(),
             # ds_to_universal needs this record; TP slices are not resharded (TP changes are refused).
@@ -269,18 +271,22 @@ class DeepSpeedEngine:
         dist.barrier()
         return out
 
-    def load_weights(self, directory: Path) -> None:
+    def state_is_finite(self) -> bool:
+        """The module's parameters (placeholders under ZeRO-3) and the client optimizer's fp32 partitions
+        and moments, which ZeRO keeps on each rank (or in host memory with offload)."""
+        return all_finite([*self.modules[0].parameters(), *optimizer_tensors([self._client])], self.rt.device)
+
+    def load_weights(self, directory: Path, saved_layout: dict) -> None:
         """Weights from a DeepSpeed checkpoint of any DP size / ZeRO stage at the same TP size (DeepSpeed's
         zero_to_fp32 consolidation), into this engine's module and its fp32 master copy."""
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-        saved = json.loads((directory / "meta.json").read_text())["layout"]
-        if saved.get("tp") != self.cfg.parallel.tp:
-            raise RuntimeError(f"weights saved with tp={saved.get('tp')} cannot be loaded at parallel.tp="
+        if saved_layout.get("tp") != self.cfg.parallel.tp:
+            raise RuntimeError(f"weights saved with tp={saved_layout.get('tp')} cannot be loaded at parallel.tp="
                                f"{self.cfg.parallel.tp} by the DeepSpeed engine")
-        if saved["zero_stage"] >= 1 and self.cfg.parallel.tp == 1:  # fp32 masters, any DP size
+        if saved_layout["zero_stage"] >= 1 and self.cfg.parallel.tp == 1:  # fp32 masters, any DP size
             state = get_fp32_state_dict_from_zero_checkpoint(str(directory), tag=TAG)
-        elif saved["zero_stage"] < 3:  # this TP rank's whole module is in its model-states file
+        elif saved_layout["zero_stage"] < 3:  # this TP rank's whole module is in its model-states file
             mp_file = directory / TAG / f"mp_rank_{ps.get_tensor_model_parallel_rank():02d}_model_states.pt"
             state = torch.load(mp_file, map_location="cpu", weights_only=False)["module"]
         else:

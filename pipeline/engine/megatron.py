@@ -25,7 +25,15 @@ from pipeline.config.schema import RunConfig
 from pipeline.model import build_model, norm_sites, transformer_config
 from pipeline.runtime import Runtime
 
-from .base import StepResult, causal_mask, nan_injection_steps, no_gather, per_token_loss
+from .base import (
+    StepResult,
+    all_finite,
+    causal_mask,
+    nan_injection_steps,
+    no_gather,
+    optimizer_tensors,
+    per_token_loss,
+)
 from .optim import build_scheduler, optimizer_config, weight_decay_overrides
 
 log = logging.getLogger(__name__)
@@ -59,6 +67,21 @@ def _rng_state() -> ShardedObject:
                          ps.get_tensor_model_parallel_world_size()),
                          (ps.get_pipeline_model_parallel_rank(), ps.get_tensor_model_parallel_rank()),
                          replica_id=ps.get_data_parallel_rank(with_context_parallel=True))
+
+
+class _AsyncSave:
+    """megatron-core's asynchronous save: a forked writer per rank (its TemporalAsyncCaller) took a copy of
+    the state when it started; finalization (the `.metadata` written by rank 0) runs once all ranks are done."""
+
+    def __init__(self, request) -> None:
+        from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
+
+        self.queue = AsyncCallsQueue()
+        self.queue.schedule_async_request(request)
+
+    def done(self, blocking: bool) -> bool:
+        self.queue.maybe_finalize_async_calls(blocking=blocking)
+        return self.queue.get_num_unfinalized_calls() == 0
 
 
 def _set_rng_state(state: dict) -> None:
@@ -215,13 +238,24 @@ class MegatronEngine:
             for i, m in enumerate(self.modules):
                 m.load_state_dict(state[f"model{i}"])
 
-    def save(self, directory: Path, step: int) -> None:
+    def save(self, directory: Path, step: int, async_save: bool = False) -> _AsyncSave | None:
         state = self._model_state()
         state["optimizer"] = self._optimizer_state(state, is_loading=False)
         state["scheduler"] = self.scheduler.state_dict()
         state["step"] = step
         state["rng_state"] = _rng_state()
-        dist_checkpointing.save(state, str(directory))
+        if not async_save:
+            dist_checkpointing.save(state, str(directory))
+            return None
+        # "mcore": megatron-core's own async writer (its successor, "nvrx", needs nvidia-resiliency-ext).
+        return _AsyncSave(dist_checkpointing.save(state, str(directory), async_sharded_save=True,
+                                                  async_strategy="mcore"))
+
+    def state_is_finite(self) -> bool:
+        inner = [o.optimizer for o in getattr(self.optimizer, "chained_optimizers", [self.optimizer])
+                 if getattr(o, "optimizer", None) is not None]
+        params = [p for m in self.modules for p in m.parameters()]
+        return all_finite([*params, *optimizer_tensors(inner)], self.rt.device)
 
     def load(self, directory: Path, saved_layout: dict) -> int:
         """Across a different parallel layout only the weights (and schedule/step) are restored: the
@@ -246,5 +280,5 @@ class MegatronEngine:
         self._step = int(common["step"])
         return self._step
 
-    def load_weights(self, directory: Path) -> None:
+    def load_weights(self, directory: Path, saved_layout: dict) -> None:
         self._load_model(dist_checkpointing.load(self._model_state(), str(directory)))

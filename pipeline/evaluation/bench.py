@@ -314,7 +314,8 @@ def run_bench(config: str, overrides: list[str], out_dir: Path, norms: list[str]
                             "norms": norms}}
     sections = [("layer forward", layer["forward"]), ("layer forward+backward", layer["forward_backward"])]
     if not skip_model:
-        vocab = cfg.model.vocab_size or load_manifest(cfg.data.manifest_path).vocab_size
+        d = cfg.data
+        vocab = cfg.model.vocab_size or load_manifest(d.manifest_path, d.allow_external_paths).vocab_size
         mfwd, mstep, static = model_cases(config, overrides, norms, dev, vocab)
         try:
             for cases in (mfwd, mstep):

@@ -107,4 +107,4 @@ def test_partial_latest_falls_back_to_previous_checkpoint(runs):
     (ckpts / "step_0000006" / "meta.json").unlink()  # a save that never completed
     out = runs.run("partial", "dyt", ["train.steps=6"])
     assert f"resumed from {ckpts / 'step_0000003'}" in out.stdout
-    assert "missing or incomplete" in out.stderr
+    assert f"skipping checkpoint {ckpts / 'step_0000006'}: failed verification: meta.json: missing" in out.stderr
