@@ -56,7 +56,7 @@ gpu-check: setup  ## one-command GPU check of the kernels (< 8 min on one H200);
 bench-data: setup  ## data prep throughput: data_prep workers vs a single-process baseline (generated corpus)
 	$(PY) benchmarks/bench_data.py $(BENCH_ARGS)
 
-verify-checkpoint: setup  ## check every checkpoint of RUN=<run dir> (files, sizes, SHA-256) without loading a model
+verify-checkpoint: setup  ## check every checkpoint of RUN=<run dir> (files, sizes, CRC-32) without loading a model
 	$(PY) -m pipeline.checkpoint verify $(RUN)
 
 bench-checkpoint: setup data  ## training stall per checkpoint save, synchronous vs asynchronous (CONFIG's model)

@@ -143,10 +143,14 @@ def train(cfg: RunConfig) -> str:
         # End of training and preemption: the in-flight save completes first, then this one, synchronously.
         path = ckpt.save(engine, step, {"loss": last_loss, "skipped_steps": guard.total}, final=True)
     except (NonFiniteLoss, Diverged, CheckpointError) as e:
-        ckpt.wait()  # a save in flight holds the state from before the failure: let it complete
+        reason = str(e)
+        try:
+            ckpt.wait()  # a save in flight holds the state from before the failure: let it complete
+        except CheckpointError as late:
+            reason += f" Also: {late}"
         monitor.close()
         if rt.is_main:
-            write_status(run_dir, "failed", step, reason=str(e))
+            write_status(run_dir, "failed", step, reason=reason)
         raise
     if rt.is_main:
         write_status(run_dir, state, step, checkpoint=str(path))

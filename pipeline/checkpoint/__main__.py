@@ -1,4 +1,4 @@
-"""Check checkpoints without loading a model: every file's size and SHA-256 against its integrity record.
+"""Check checkpoints without loading a model: every file's size and CRC-32 against its integrity record.
 
     python -m pipeline.checkpoint verify runs/tiny_dyt            # a run directory (or its checkpoints/)
     python -m pipeline.checkpoint verify runs/tiny_dyt/checkpoints/step_0000300

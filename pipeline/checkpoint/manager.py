@@ -18,16 +18,17 @@ import logging
 import re
 import shutil
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch.distributed as dist
 from torch.distributed.checkpoint.api import CheckpointException
 
 from pipeline.config.fingerprint import config_fingerprint
 from pipeline.engine import Engine, PendingSave
 
 from . import integrity
+from .collective import barrier, broadcast, first_error, gather, rank_world
 from .diagnose import describe, free_bytes, human, summary
 from .integrity import RECORD, IntegrityError
 
@@ -74,38 +75,6 @@ def async_enabled(cfg, on_gpu: bool) -> bool:
     return cfg.checkpoint.async_save
 
 
-# -- collectives: every decision that touches the run directory is taken once and shared ---------------
-def _rank_world() -> tuple[int, int]:
-    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-
-
-def _barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
-
-
-def _broadcast(obj):
-    """Rank 0's `obj` on every rank (small Python objects of our own making)."""
-    if not dist.is_initialized():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def _gather(obj) -> list:
-    if not dist.is_initialized():
-        return [obj]
-    out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def _first_error(local: str | None) -> str | None:
-    """The error of the lowest rank that has one, on every rank (all ranks then act alike)."""
-    return next((e for e in _gather(local) if e is not None), None)
-
-
 @dataclass
 class Resumed:
     path: Path
@@ -122,6 +91,7 @@ class _Save:
     started: float  # time.time() when the save began
     pending: PendingSave | None
     stall: float = 0.0  # seconds the training loop was blocked by this save
+    checksums: Future | None = None  # async saves: this rank's share, computed in a background thread
     is_async: bool = field(init=False)
 
     def __post_init__(self) -> None:
@@ -133,11 +103,12 @@ class CheckpointManager:
         self.dir = Path(directory)
         self.cfg = cfg
         self.async_save = async_save
-        self.rank, self.world = _rank_world()
+        self.rank, self.world = rank_world()
         self.is_main = self.rank == 0
         self.resumed_step: int | None = None
         self._inflight: _Save | None = None
         self._pin_before: int | None = None  # keep the newest checkpoint older than this step
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-crc")
 
     # -- listing ---------------------------------------------------------------------------------------
     def _step_dirs(self) -> list[Path]:
@@ -182,13 +153,13 @@ class CheckpointManager:
                 self._prepare(partial)
             except FAILURES as e:
                 error = describe(e, self.dir)
-        error = _first_error(error)
+        error = first_error(error)
         if error is None:
             try:
                 pending = engine.save(partial, step, async_save=self.async_save and not final)
             except FAILURES as e:
                 error = describe(e, self.dir)
-            error = _first_error(error)
+            error = first_error(error)
         if error is not None:
             return self._failed(step, partial, error, final)
         job = _Save(step, partial, engine.layout(), extra or {}, started, pending)
@@ -209,7 +180,7 @@ class CheckpointManager:
                 decision = "kept"
             else:
                 self._set_aside(target, "superseded", "an older save of this step from another timeline")
-        return _broadcast(decision) == "kept"
+        return broadcast(decision) == "kept"
 
     def _prepare(self, partial: Path) -> None:
         """Rank 0: clear interrupted saves, check the space the last checkpoint took, create the folder."""
@@ -240,49 +211,73 @@ class CheckpointManager:
             self._finish(blocking=True)
 
     def _finish(self, blocking: bool) -> None:
-        job, t0, error, done = self._inflight, time.perf_counter(), None, False
+        """An async save completes in two collective phases, each polled without blocking training: the
+        engine's writers finish on every rank, then each rank checksums its share of the files in a
+        background thread; once all shares are in, `_commit` runs."""
+        job, t0, error, ready = self._inflight, time.perf_counter(), None, False
         try:
-            done = job.pending.done(blocking)
+            if job.checksums is None and job.pending.done(blocking):
+                files = self._listing(job.partial)
+                job.checksums = self._pool.submit(integrity.hash_files, job.partial, files[self.rank::self.world])
+            if job.checksums is not None:
+                ready = all(gather(blocking or job.checksums.done()))
         except FAILURES as e:
             error = describe(e, self.dir)
-        error = _first_error(error)
+        error = first_error(error)
         job.stall += time.perf_counter() - t0
         if error is not None:
             self._inflight = None
             self._failed(job.step, job.partial, error, final=False)
-        elif done:
+        elif ready:
             self._inflight = None
             self._commit(job, final=False)
 
+    def _listing(self, partial: Path) -> list[str]:
+        """Collective: rank 0's listing of a written checkpoint folder (one view of a shared filesystem)."""
+        listing = None
+        if self.is_main:
+            try:
+                listing = (integrity.list_files(partial), None)
+            except OSError as e:
+                listing = (None, describe(e, self.dir))
+        files, error = broadcast(listing)
+        if error is not None:
+            raise OSError(error)
+        return files
+
     def _commit(self, job: _Save, final: bool) -> Path | None:
-        """Hash the written files (each rank a share), then rank 0 seals, renames, points `latest`, prunes."""
+        """Checksum the written files (each rank a share; async saves did it in the background), then rank 0
+        seals the record, renames the folder, points `latest` at it and prunes."""
         t0 = time.perf_counter()
         target = job.partial.with_name(job.partial.name.removesuffix(".partial"))
-        files, error = _broadcast(integrity.list_files(job.partial) if self.is_main else None), None
+        share, error = {}, None
         try:
-            share = integrity.hash_files(job.partial, files[self.rank::self.world])
+            if job.checksums is not None:
+                share = job.checksums.result()
+            else:
+                share = integrity.hash_files(job.partial, self._listing(job.partial)[self.rank::self.world])
         except FAILURES as e:
-            share, error = {}, describe(e, self.dir)
-        gathered = _gather((share, error))
+            error = describe(e, self.dir)
+        gathered = gather((share, error))
         error = next((e for _, e in gathered if e is not None), None)
         if error is None and self.is_main:
             try:
-                hashes = {k: v for s, _ in gathered for k, v in s.items()}
+                files = {k: v for s, _ in gathered for k, v in s.items()}
                 job.stall += time.perf_counter() - t0
                 integrity.write_record(job.partial, {
                     "step": job.step, "engine": self.cfg.engine, "layout": job.layout,
                     "config_fingerprint": config_fingerprint(self.cfg), "saved_at": time.time(),
                     "write_seconds": round(time.time() - job.started, 3), "stall_seconds": round(job.stall, 3),
-                    "async": job.is_async, "files": {k: hashes[k] for k in sorted(hashes)}, **job.extra})
+                    "async": job.is_async, "files": {k: files[k] for k in sorted(files)}, **job.extra})
                 job.partial.rename(target)
                 _atomic_write(self.dir / "latest", target.name + "\n")
                 self._prune()
-                size = sum(v["size"] for v in hashes.values())
+                size = sum(v["size"] for v in files.values())
                 print(f"checkpoint {target.name} saved ({human(size)}, {time.time() - job.started:.1f} s, training "
                       f"blocked {job.stall:.2f} s{', async' if job.is_async else ''})", flush=True)
             except FAILURES as e:
                 error = describe(e, self.dir)
-        error = _first_error(error)
+        error = first_error(error)
         if error is not None:
             return self._failed(job.step, job.partial, error, final)
         return target
@@ -296,7 +291,7 @@ class CheckpointManager:
                 marked = _free_name(partial.with_name(partial.name.removesuffix(".partial") + ".failed"))
                 partial.rename(marked)
                 left = f"; its partial files are kept in {marked}"
-        _barrier()
+        barrier()
         msg = (f"checkpoint step_{step:07d} could not be saved in {partial}: {reason}. "
                f"The previous checkpoint ({self._newest_text()}) and `latest` are unchanged"
                f"{left or '; the partial folder was removed'}.")
@@ -331,7 +326,7 @@ class CheckpointManager:
     # -- verify and load -------------------------------------------------------------------------------
     def verify(self, path: Path) -> dict:
         """Collective: the record seals, the files on disk are exactly the recorded ones, and each rank checks
-        the sizes and SHA-256 of its share of them. Nothing of the checkpoint is unpickled before this."""
+        the sizes and CRC-32 of its share of them. Nothing of the checkpoint is unpickled before this."""
         head = None
         if self.is_main:
             try:
@@ -340,13 +335,13 @@ class CheckpointManager:
                 head = (record, None)
             except IntegrityError as e:
                 head = (None, (e.file, e.reason))
-        record, failure = _broadcast(head)
+        record, failure = broadcast(head)
         if failure is None:
             try:
                 integrity.check_files(path, record, sorted(record["files"])[self.rank::self.world])
             except IntegrityError as e:
                 failure = (e.file, e.reason)
-            failure = next((f for f in _gather(failure) if f is not None), None)
+            failure = next((f for f in gather(failure) if f is not None), None)
         if failure is not None:
             raise IntegrityError(path, *failure)
         return record
@@ -365,7 +360,7 @@ class CheckpointManager:
             result = load()
         except FAILURES as e:
             error = summary(e)
-        error = _first_error(error)
+        error = first_error(error)
         if error is not None:
             raise CheckpointLoadError(path, what, error)
         return result
@@ -453,7 +448,7 @@ class CheckpointManager:
                     self._set_aside(path, "superseded", why)
             if step == 0 and (self.dir / "latest").exists():
                 (self.dir / "latest").unlink()
-        _barrier()
+        barrier()
 
     def load_weights(self, engine: Engine, path: Path) -> dict:
         """Model weights only (any parallel layout), from a verified checkpoint: checkpoint.init_from."""

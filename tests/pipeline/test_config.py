@@ -48,6 +48,9 @@ def test_overrides_are_typed_and_nested():
     ("schedule.warmup_steps=1000", "schedule.warmup_steps"),
     ("model.norm.fuse_residual_add=true model.norm.type=rmsnorm", "model.norm.fuse_residual_add"),
     ("optimizer", "override 'optimizer'"),
+    ("train.max_consecutive_skips=-1", "train.max_consecutive_skips"),
+    ("checkpoint.on_save_error=ignore", "checkpoint.on_save_error"),
+    ("checkpoint.async_save=true engine=deepspeed", "checkpoint.async_save"),
 ])
 def test_bad_config_names_the_key(override, key):
     with pytest.raises(ConfigError) as e:

@@ -48,3 +48,22 @@ def test_missing_or_broken_manifest_and_shards(manifest_copy, tmp_path):
     manifest_copy.write_text("{not json")
     with pytest.raises(DataError, match="is not valid JSON"):
         load_manifest(manifest_copy)
+
+
+def test_manifest_paths_must_stay_inside_its_directory(manifest_copy, tmp_path):
+    raw = json.loads(manifest_copy.read_text())
+    shard = raw["splits"]["train"][0]
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    for ext in (".bin", ".idx"):
+        shutil.move(manifest_copy.parent / (shard["prefix"] + ext), outside / ("shard" + ext))
+    shard["prefix"] = "../elsewhere/shard"
+    manifest_copy.write_text(json.dumps(raw))
+    with pytest.raises(DataError, match=r"names train shard '\.\./elsewhere/shard', which resolves to .*outside "
+                                        r"the manifest's directory .*data\.allow_external_paths: true"):
+        load_manifest(manifest_copy)
+    assert load_manifest(manifest_copy, allow_external=True).blend("train")[0][0].endswith("elsewhere/shard")
+    raw["tokenizer"]["path"] = "/etc/passwd"
+    manifest_copy.write_text(json.dumps(raw))
+    with pytest.raises(DataError, match="names the tokenizer '/etc/passwd'"):
+        load_manifest(manifest_copy)
