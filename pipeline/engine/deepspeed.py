@@ -258,7 +258,7 @@ class DeepSpeedEngine:
                 if f.name.startswith("mp_rank_"):
                     # megatron's linear layers report an `_extra_state` of None, which ds_to_universal cannot
                     # convert; they carry nothing (no fp8 state outside TE), so the input copy drops them.
-                    state = torch.load(f, map_location="cpu", weights_only=False)
+                    state = torch.load(f, map_location="cpu", weights_only=True)
                     state["module"] = {k: v for k, v in state["module"].items() if v is not None}
                     torch.save(state, source / f.name)
                 else:
@@ -288,7 +288,7 @@ class DeepSpeedEngine:
             state = get_fp32_state_dict_from_zero_checkpoint(str(directory), tag=TAG)
         elif saved_layout["zero_stage"] < 3:  # this TP rank's whole module is in its model-states file
             mp_file = directory / TAG / f"mp_rank_{ps.get_tensor_model_parallel_rank():02d}_model_states.pt"
-            state = torch.load(mp_file, map_location="cpu", weights_only=False)["module"]
+            state = torch.load(mp_file, map_location="cpu", weights_only=True)["module"]
         else:
             raise RuntimeError("weights of a ZeRO-3 run with tensor parallelism load only by resuming in the "
                                "same layout (checkpoint.resume)")
