@@ -1,0 +1,153 @@
+"""A run's checkpoint → a Hugging Face model folder (config, weights, tokenizer, model card).
+
+The checkpoint is opened in one process with a TP1/PP1 layout (the engine's own loader reshards any
+TP/SP/PP/VPP/distributed-optimizer layout), so what is exported is the engine's full, megatron-named
+state dict: any engine whose `load_weights` fills the same GPTModel plugs in here. The folder is
+written next to its destination and moved into place only when complete.
+"""
+
+import json
+import shlex
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+from pipeline.model.hf_adapter import CUSTOM, AdapterError, Geometry, hf_config, to_hf
+
+from . import weights
+from .card import model_card
+from .tokenizer import export_tokenizer
+
+CUSTOM_CODE = ("configuration_llama_dyt.py", "modeling_llama_dyt.py")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ExportError(RuntimeError):
+    """The export cannot be made; the message names the file or key and what to do."""
+
+
+def find_checkpoint(run_dir: Path, step: int | None) -> Path:
+    ckpts = run_dir / "checkpoints"
+    done = sorted(p for p in ckpts.glob("step_*") if (p / "meta.json").is_file()) if ckpts.is_dir() else []
+    available = ", ".join(str(int(p.name[5:])) for p in done) or "none"
+    if step is not None:
+        path = ckpts / f"step_{step:07d}"
+        if not (path / "meta.json").is_file():
+            state = "is incomplete (no meta.json: an interrupted save)" if path.is_dir() else "does not exist"
+            raise ExportError(f"checkpoint {path} {state}; complete checkpoints of this run: steps {available}")
+        return path
+    marker = ckpts / "latest"
+    named = ckpts / marker.read_text().strip() if marker.is_file() else None
+    if named is not None and (named / "meta.json").is_file():
+        return named
+    if not done:
+        raise ExportError(f"{run_dir}: no complete checkpoint under {ckpts}")
+    return done[-1]
+
+
+def _check_against_hf_model(tensors: dict[str, torch.Tensor], config) -> None:
+    """Every tensor the HF model has, with its shape, and nothing else (built on the meta device)."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if config.tie_word_embeddings:
+        want.pop("lm_head.weight", None)
+    have = {k: tuple(v.shape) for k, v in tensors.items()}
+    problems = [f"missing {k}" for k in want.keys() - have.keys()]
+    problems += [f"unexpected {k}" for k in have.keys() - want.keys()]
+    problems += [f"{k}: shape {have[k]}, HF expects {want[k]}" for k in want.keys() & have.keys() if have[k] != want[k]]
+    if problems:
+        raise ExportError(f"the checkpoint does not map onto {type(model).__name__}: " + "; ".join(sorted(problems)))
+
+
+def _hf_config(fields: dict, dtype: torch.dtype):
+    from transformers import LlamaConfig
+
+    from .configuration_llama_dyt import LlamaDyTConfig
+
+    kwargs = {k: v for k, v in fields.items() if k != "model_type"}
+    config = (LlamaDyTConfig if fields["model_type"] == CUSTOM[0] else LlamaConfig)(**kwargs)
+    config.dtype = dtype
+    if fields["model_type"] == CUSTOM[0]:
+        config.auto_map = {"AutoConfig": "configuration_llama_dyt.LlamaDyTConfig",
+                           "AutoModelForCausalLM": "modeling_llama_dyt.LlamaDyTForCausalLM"}
+    return config
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    old = out.with_name(f".{out.name}.old")
+    if out.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def export_run(run_dir: Path, step: int | None = None, out: Path | None = None, overwrite: bool = False,
+               max_shard_size: str = "5GB", dtype: str = "auto", log=print) -> Path:
+    """Export `run_dir`'s checkpoint at `step` (default: the latest) to `out` (default
+    `<run_dir>/hf/step_NNNNNNN`); returns the folder."""
+    from pipeline.data import check_tokenizer, load_manifest
+    from pipeline.train import manifest_path
+
+    from ._open_run import open_run
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise ExportError(f"{run_dir}: not a run directory (no config.yaml)")
+    ckpt = find_checkpoint(run_dir, step)
+    out = Path(out) if out else run_dir / "hf" / ckpt.name
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ExportError(f"{out} is not empty; pass --overwrite to replace it")
+    max_bytes = weights.parse_size(max_shard_size)
+
+    log(f"loading {ckpt} (single process, TP1/PP1)")
+    run = open_run(run_dir, ckpt)
+    cfg = run.cfg
+    manifest = load_manifest(manifest_path(cfg))
+    check_tokenizer(manifest, cfg.model.vocab_size)
+    tok = manifest.tokenizer
+    try:
+        fields = hf_config(cfg, manifest.vocab_size, tok["bos_id"] if tok["bos_id"] >= 0 else None, tok["eod_id"],
+                           tok["pad_id"])
+        tensors = to_hf(run.state, Geometry.of(cfg, manifest.vocab_size))
+    except AdapterError as e:
+        raise ExportError(f"{ckpt}: {e}") from None
+    target = next(iter(tensors.values())).dtype if dtype == "auto" else DTYPES[dtype]
+    tensors = {k: v.to(target) for k, v in tensors.items()}
+    config = _hf_config(fields, target)
+    _check_against_hf_model(tensors, config)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    config.save_pretrained(str(tmp))
+    if fields["model_type"] == CUSTOM[0]:
+        for name in CUSTOM_CODE:
+            shutil.copyfile(Path(__file__).with_name(name), tmp / name)
+    _generation_config(fields).save_pretrained(str(tmp))
+    files = weights.save(tensors, tmp, max_bytes)
+    prepare = cfg.data.prepare
+    export_tokenizer(manifest.root / tok["path"], tmp, tok, add_bos=bool(prepare and prepare.append_bos),
+                     max_length=cfg.model.seq_length)
+    meta = json.loads((ckpt / "meta.json").read_text())
+    cmd = shlex.join(["python", "-m", "pipeline.export_hf", *sys.argv[1:]]) if sys.argv[0].endswith("export_hf.py") \
+        else f"python -m pipeline.export_hf {shlex.quote(str(run_dir))} --step {meta['step']}"
+    n_params = sum(t.numel() for t in tensors.values())
+    (tmp / "README.md").write_text(model_card(cfg, fields, meta, n_params, cmd, str(run_dir)))
+    _replace_dir(tmp, out)
+    log(f"wrote {out}: {fields['architectures'][0]}, {n_params / 1e6:.2f}M parameters in {len(files)} weight "
+        f"file(s), {target}")
+    return out
+
+
+def _generation_config(fields: dict):
+    from transformers import GenerationConfig
+
+    return GenerationConfig(bos_token_id=fields["bos_token_id"], eos_token_id=fields["eos_token_id"],
+                            pad_token_id=fields["pad_token_id"])
