@@ -11,6 +11,7 @@ import argparse
 import logging
 import sys
 
+import pipeline.runtime  # noqa: F401  (first: its filters for megatron's import-time notes)
 from pipeline.hf.export import DTYPES, ExportError, export_run
 
 

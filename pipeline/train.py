@@ -96,6 +96,10 @@ def train(cfg: RunConfig) -> str:
         start = ckpt.load(engine, resume_from)
         if rt.is_main:
             print(f"resumed from {resume_from} at step {start}", flush=True)
+    elif (cfg.checkpoint.init_from or "").startswith("hf:"):
+        from pipeline.hf.load import import_weights  # transformers is imported only when asked for
+
+        import_weights(cfg.checkpoint.init_from, engine.modules, cfg, vocab, manifest.root / manifest.tokenizer["path"])
     elif cfg.checkpoint.init_from:
         ckpt.load_weights(engine, Path(cfg.checkpoint.init_from))
 

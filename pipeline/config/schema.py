@@ -110,7 +110,9 @@ class CheckpointConfig:
     save_interval: int = 0  # 0 = only at the end (and on preemption)
     keep_last: int = 2
     resume: str = "auto"  # auto (latest in the run dir) | none | <path to a checkpoint dir>
-    init_from: str | None = None  # weights only, at step 0, from any checkpoint (any parallel layout)
+    # Weights only, at step 0, from any checkpoint (any parallel layout), or "hf:<folder>": a Hugging Face
+    # LLaMA / LlamaDyT folder whose config and tokenizer match the run's.
+    init_from: str | None = None
 
 
 @dataclass

@@ -4,6 +4,7 @@ Builds the run's model in a TP1/PP1 layout on the CPU and loads the checkpoint's
 megatron's dist_checkpointing reshards whatever layout the run was trained with.
 """
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,11 +25,13 @@ def _check_same_architecture(ckpt: Path, template: dict) -> None:
     """The checkpoint's model tensors are exactly the model's (a DyT checkpoint read into an RMSNorm
     model would otherwise load its `weight`s and silently drop every α)."""
     from megatron.core import dist_checkpointing
-    from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
     from megatron.core.dist_checkpointing.dict_utils import nested_values
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
 
     want = {v.key for v in nested_values(template) if isinstance(v, (ShardedTensor, ShardedTensorFactory))}
-    have = {k for k in dist_checkpointing.load_tensors_metadata(str(ckpt)) if not k.startswith("optimizer.")}
+    with warnings.catch_warnings():  # torch DCP's notes on reading metadata outside a process group
+        warnings.simplefilter("ignore")
+        have = {k for k in dist_checkpointing.load_tensors_metadata(str(ckpt)) if not k.startswith("optimizer.")}
     if want != have:
         extra, missing = sorted(have - want), sorted(want - have)
         raise RuntimeError(f"{ckpt} holds another architecture than the run's config.yaml: "

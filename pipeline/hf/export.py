@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from pipeline.config.schema import RunConfig
 from pipeline.model.hf_adapter import CUSTOM, AdapterError, Geometry, hf_config, to_hf
 
 from . import weights
@@ -90,10 +91,7 @@ def _replace_dir(tmp: Path, out: Path) -> None:
 def export_run(run_dir: Path, step: int | None = None, out: Path | None = None, overwrite: bool = False,
                max_shard_size: str = "5GB", dtype: str = "auto", log=print) -> Path:
     """Export `run_dir`'s checkpoint at `step` (default: the latest) to `out` (default
-    `<run_dir>/hf/step_NNNNNNN`); returns the folder."""
-    from pipeline.data import check_tokenizer, load_manifest
-    from pipeline.train import manifest_path
-
+    `<run_dir>/hf/step_NNNNNNN`); returns the folder. Refuses a non-empty `out` unless `overwrite`."""
     from ._open_run import open_run
 
     run_dir = Path(run_dir)
@@ -104,17 +102,24 @@ def export_run(run_dir: Path, step: int | None = None, out: Path | None = None, 
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ExportError(f"{out} is not empty; pass --overwrite to replace it")
     max_bytes = weights.parse_size(max_shard_size)
-
     log(f"loading {ckpt} (single process, TP1/PP1)")
     run = open_run(run_dir, ckpt)
-    cfg = run.cfg
+    return write_folder(run.cfg, run.state, ckpt, out, max_bytes, dtype, log)
+
+
+def write_folder(cfg: RunConfig, state: dict[str, torch.Tensor], ckpt: Path, out: Path,
+                 max_shard_bytes: int = 5 * 10**9, dtype: str = "auto", log=print) -> Path:
+    """The HF folder for a run's full megatron-named state dict (from whichever engine loaded `ckpt`)."""
+    from pipeline.data import check_tokenizer, load_manifest
+    from pipeline.train import manifest_path
+
     manifest = load_manifest(manifest_path(cfg))
     check_tokenizer(manifest, cfg.model.vocab_size)
     tok = manifest.tokenizer
     try:
         fields = hf_config(cfg, manifest.vocab_size, tok["bos_id"] if tok["bos_id"] >= 0 else None, tok["eod_id"],
                            tok["pad_id"])
-        tensors = to_hf(run.state, Geometry.of(cfg, manifest.vocab_size))
+        tensors = to_hf(state, Geometry.of(cfg, manifest.vocab_size))
     except AdapterError as e:
         raise ExportError(f"{ckpt}: {e}") from None
     target = next(iter(tensors.values())).dtype if dtype == "auto" else DTYPES[dtype]
@@ -131,18 +136,19 @@ def export_run(run_dir: Path, step: int | None = None, out: Path | None = None, 
         for name in CUSTOM_CODE:
             shutil.copyfile(Path(__file__).with_name(name), tmp / name)
     _generation_config(fields).save_pretrained(str(tmp))
-    files = weights.save(tensors, tmp, max_bytes)
+    files = weights.save(tensors, tmp, max_shard_bytes)
     prepare = cfg.data.prepare
     export_tokenizer(manifest.root / tok["path"], tmp, tok, add_bos=bool(prepare and prepare.append_bos),
                      max_length=cfg.model.seq_length)
     meta = json.loads((ckpt / "meta.json").read_text())
+    n_params = sum(t.numel() for t in tensors.values())
+    run_dir = ckpt.parent.parent
     cmd = shlex.join(["python", "-m", "pipeline.export_hf", *sys.argv[1:]]) if sys.argv[0].endswith("export_hf.py") \
         else f"python -m pipeline.export_hf {shlex.quote(str(run_dir))} --step {meta['step']}"
-    n_params = sum(t.numel() for t in tensors.values())
     (tmp / "README.md").write_text(model_card(cfg, fields, meta, n_params, cmd, str(run_dir)))
     _replace_dir(tmp, out)
-    log(f"wrote {out}: {fields['architectures'][0]}, {n_params / 1e6:.2f}M parameters in {len(files)} weight "
-        f"file(s), {target}")
+    shards = f"{len(files) - 1} shards + index" if len(files) > 1 else files[0]
+    log(f"wrote {out}: {fields['architectures'][0]}, {n_params / 1e6:.2f}M parameters ({shards}, {target})")
     return out
 
 

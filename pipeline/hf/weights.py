@@ -36,10 +36,10 @@ def save(tensors: dict[str, torch.Tensor], out: Path, max_shard_bytes: int) -> l
         save_file(shards[0], str(out / SINGLE), metadata={"format": "pt"})
         return [SINGLE]
     names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
-    for name, shard in zip(names, shards):
+    for name, shard in zip(names, shards, strict=True):
         save_file(shard, str(out / name), metadata={"format": "pt"})
     index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())},
-             "weight_map": {k: name for name, shard in zip(names, shards) for k in shard}}
+             "weight_map": {k: name for name, shard in zip(names, shards, strict=True) for k in shard}}
     (out / INDEX).write_text(json.dumps(index, indent=2) + "\n")
     return [*names, INDEX]
 
