@@ -9,11 +9,14 @@ NODES ?=
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 RUN ?=
+STEP ?=
+OUT ?=
+OVERWRITE ?=
 
 LAUNCH_FLAGS := $(if $(LAUNCHER),--launcher $(LAUNCHER)) $(if $(NODES),--nodes $(NODES))
 OVERRIDE_FLAGS := $(foreach o,$(OVERRIDES),--override $(o))
 
-.PHONY: help setup pretrain data test test-fast lint tensorboard clean-runs bench-kernels gpu-check bench-data compare bench-model scurve
+.PHONY: help setup pretrain data test test-fast lint tensorboard clean-runs bench-kernels gpu-check bench-data compare bench-model scurve export
 
 help:  ## this list
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -46,6 +49,10 @@ bench-model: setup data  ## wall-clock of the norm layers alone and the whole mo
 
 scurve: setup  ## S-curves of a LayerNorm/RMSNorm run, or α over training of a DyT run (RUN=<run dir>)
 	$(PY) -m pipeline.evaluation scurve $(RUN)
+
+export: setup  ## a run's checkpoint as a Hugging Face folder: RUN=runs/<name> [STEP=N] [OUT=dir] [OVERWRITE=1]
+	@test -n "$(RUN)" || { echo "usage: make export RUN=runs/<name> [STEP=N] [OUT=dir] [OVERWRITE=1]" >&2; exit 2; }
+	$(PY) -m pipeline.export_hf $(RUN) $(if $(STEP),--step $(STEP)) $(if $(OUT),--out $(OUT)) $(if $(OVERWRITE),--overwrite)
 
 bench-kernels: setup  ## DyT kernel benchmark (GPU: ours/eager/compile/Liger/TE RMSNorm; CPU: eager vs compile)
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) benchmarks/bench_kernels.py $(BENCH_ARGS)

@@ -3,10 +3,10 @@
 from pipeline.config.schema import RunConfig
 
 _CUSTOM_CODE = """\
-This is a `{arch}` model: LLaMA with every norm replaced by **{norm}** (custom code shipped in this folder:
-`configuration_llama_dyt.py`, `modeling_llama_dyt.py`). Loading it runs that code, so pass
-`trust_remote_code=True` (read it first: it is short) and use `transformers>=5`. With this project installed,
-`import pipeline.hf` registers the architecture instead.
+This is a `{arch}` model: LLaMA with every norm replaced by **{norm}**, as custom code shipped in this
+folder (`configuration_llama_dyt.py`, `modeling_llama_dyt.py`). Loading it runs that code: pass
+`trust_remote_code=True` to `AutoModelForCausalLM` and `AutoTokenizer` (read the code first: it is short)
+and use `transformers>=5`. With this project installed, `import pipeline.hf` registers the architecture.
 """
 
 
@@ -49,7 +49,7 @@ Exported from the run `{run_dir}` of the DyT pretraining pipeline.
 ```python
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-tok = AutoTokenizer.from_pretrained("PATH")
+tok = AutoTokenizer.from_pretrained("PATH"{remote})
 model = AutoModelForCausalLM.from_pretrained("PATH"{remote})
 ids = tok("def fibonacci(n):", return_tensors="pt").input_ids
 print(tok.decode(model.generate(ids, max_new_tokens=40, do_sample=False)[0]))
