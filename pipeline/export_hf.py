@@ -12,6 +12,7 @@ import logging
 import sys
 
 import pipeline.runtime  # noqa: F401  (first: its filters for megatron's import-time notes)
+from pipeline.checkpoint import CheckpointError
 from pipeline.hf.export import DTYPES, ExportError, export_run
 
 
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         export_run(args.run_dir, args.step, args.out, args.overwrite, args.max_shard_size, args.dtype)
-    except (ExportError, ValueError, FileNotFoundError) as e:
+    except (ExportError, CheckpointError, ValueError, FileNotFoundError) as e:
         print(f"export failed: {e}", file=sys.stderr)
         return 1
     return 0

@@ -92,7 +92,7 @@ def train(cfg: RunConfig) -> str:
     elif (cfg.checkpoint.init_from or "").startswith("hf:"):
         from pipeline.hf.load import import_weights  # transformers is imported only when asked for
 
-        import_weights(cfg.checkpoint.init_from, engine.modules, cfg, vocab, manifest.root / manifest.tokenizer["path"])
+        import_weights(cfg.checkpoint.init_from, session)
     elif cfg.checkpoint.init_from:
         ckpt.load_weights(engine, Path(cfg.checkpoint.init_from))
 

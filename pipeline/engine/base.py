@@ -45,6 +45,10 @@ class Engine(Protocol):
     def load_weights(self, directory: Path) -> None:
         """Collective: model weights only, from a checkpoint of this engine in any parallel layout."""
 
+    def load_model_state(self, states: list[dict]) -> None:
+        """Collective: set the weights of this rank's model chunks from their state dicts (this layout's
+        slices, e.g. from a Hugging Face import), keeping any master copy the optimizer holds in sync."""
+
     def norm_sites(self) -> dict[str, torch.nn.Module]:
         """Norm modules of this rank by site name ("attention/layer_01", "mlp/layer_01", "final")."""
 

@@ -286,6 +286,10 @@ class DeepSpeedEngine:
         else:
             raise RuntimeError("weights of a ZeRO-3 run with tensor parallelism load only by resuming in the "
                                "same layout (checkpoint.resume)")
+        self.load_model_state([state])
+
+    def load_model_state(self, states: list[dict]) -> None:
+        (state,) = states
         params = list(self.modules[0].parameters())
         with deepspeed.zero.GatheredParameters(params, modifier_rank=0,
                                                enabled=self.cfg.deepspeed.zero_stage == 3):

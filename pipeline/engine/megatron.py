@@ -7,13 +7,15 @@ Parallelism (TP/SP/PP/VPP/DP/CP, distributed optimizer) is megatron's: this file
 import functools
 import logging
 import signal
+import warnings
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing
 from megatron.core import parallel_state as ps
-from megatron.core.dist_checkpointing.mapping import ShardedObject
+from megatron.core.dist_checkpointing.dict_utils import nested_values
+from megatron.core.dist_checkpointing.mapping import ShardedObject, ShardedTensor, ShardedTensorFactory
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
 from megatron.core.optimizer import get_megatron_optimizer
 from megatron.core.pipeline_parallel import get_forward_backward_func
@@ -49,6 +51,18 @@ def _start_writer_queue() -> None:
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)
+
+
+def _check_same_model(directory: Path, template: dict) -> None:
+    """The checkpoint holds exactly this model's tensors. dist_checkpointing loads what the model asks for
+    and ignores the rest, so a DyT checkpoint read into an RMSNorm model would keep every γ and drop every α."""
+    with warnings.catch_warnings():  # torch DCP's note on reading metadata outside a process group
+        warnings.simplefilter("ignore")
+        saved = {k for k in dist_checkpointing.load_tensors_metadata(str(directory)) if not k.startswith("optimizer.")}
+    wanted = {v.key for v in nested_values(template) if isinstance(v, (ShardedTensor, ShardedTensorFactory))}
+    if saved != wanted:
+        raise RuntimeError(f"{directory} holds another model than this config builds: tensors only in the checkpoint: "
+                           f"{sorted(saved - wanted) or 'none'}; only in the model: {sorted(wanted - saved) or 'none'}")
 
 
 def _rng_state() -> ShardedObject:
@@ -209,11 +223,8 @@ class MegatronEngine:
         return self.optimizer.sharded_state_dict(model_state, is_loading=is_loading, metadata=metadata)
 
     def _load_model(self, state: dict) -> None:
-        if len(self.modules) == 1:
-            self.modules[0].load_state_dict(state["model"])
-        else:
-            for i, m in enumerate(self.modules):
-                m.load_state_dict(state[f"model{i}"])
+        self.load_model_state([state["model"]] if len(self.modules) == 1 else
+                              [state[f"model{i}"] for i in range(len(self.modules))])
 
     def save(self, directory: Path, step: int) -> None:
         state = self._model_state()
@@ -247,4 +258,12 @@ class MegatronEngine:
         return self._step
 
     def load_weights(self, directory: Path) -> None:
-        self._load_model(dist_checkpointing.load(self._model_state(), str(directory)))
+        template = self._model_state()
+        _check_same_model(directory, template)
+        self._load_model(dist_checkpointing.load(template, str(directory)))
+
+    def load_model_state(self, states: list[dict]) -> None:
+        for module, state in zip(self.modules, states, strict=True):
+            module.load_state_dict(state)
+        # bf16: the optimizer's fp32 main params were copied from the weights at build time.
+        self.optimizer.reload_model_params()

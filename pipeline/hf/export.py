@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from pipeline.config.schema import RunConfig
+from pipeline.data import Manifest
 from pipeline.model.hf_adapter import CUSTOM, AdapterError, Geometry, hf_config, to_hf
 
 from . import weights
@@ -27,25 +28,6 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 class ExportError(RuntimeError):
     """The export cannot be made; the message names the file or key and what to do."""
-
-
-def find_checkpoint(run_dir: Path, step: int | None) -> Path:
-    ckpts = run_dir / "checkpoints"
-    done = sorted(p for p in ckpts.glob("step_*") if (p / "meta.json").is_file()) if ckpts.is_dir() else []
-    available = ", ".join(str(int(p.name[5:])) for p in done) or "none"
-    if step is not None:
-        path = ckpts / f"step_{step:07d}"
-        if not (path / "meta.json").is_file():
-            state = "is incomplete (no meta.json: an interrupted save)" if path.is_dir() else "does not exist"
-            raise ExportError(f"checkpoint {path} {state}; complete checkpoints of this run: steps {available}")
-        return path
-    marker = ckpts / "latest"
-    named = ckpts / marker.read_text().strip() if marker.is_file() else None
-    if named is not None and (named / "meta.json").is_file():
-        return named
-    if not done:
-        raise ExportError(f"{run_dir}: no complete checkpoint under {ckpts}")
-    return done[-1]
 
 
 def _check_against_hf_model(tensors: dict[str, torch.Tensor], config) -> None:
@@ -92,29 +74,42 @@ def export_run(run_dir: Path, step: int | None = None, out: Path | None = None, 
                max_shard_size: str = "5GB", dtype: str = "auto", log=print) -> Path:
     """Export `run_dir`'s checkpoint at `step` (default: the latest) to `out` (default
     `<run_dir>/hf/step_NNNNNNN`); returns the folder. Refuses a non-empty `out` unless `overwrite`."""
-    from ._open_run import open_run
+    from pipeline.checkpoint import CheckpointManager
+    from pipeline.run_loader import open_run
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise ExportError(f"{run_dir}: not a run directory (no config.yaml)")
-    ckpt = find_checkpoint(run_dir, step)
-    out = Path(out) if out else run_dir / "hf" / ckpt.name
-    if out.exists() and any(out.iterdir()) and not overwrite:
+    latest = CheckpointManager(run_dir / "checkpoints", None).find_resume("auto") if step is None else None
+    name = f"step_{step:07d}" if step is not None else latest.name if latest else "latest"
+    out = Path(out) if out else run_dir / "hf" / name
+    if out.exists() and any(out.iterdir()) and not overwrite:  # before the (long) load
         raise ExportError(f"{out} is not empty; pass --overwrite to replace it")
     max_bytes = weights.parse_size(max_shard_size)
-    log(f"loading {ckpt} (single process, TP1/PP1)")
-    run = open_run(run_dir, ckpt)
-    return write_folder(run.cfg, run.state, ckpt, out, max_bytes, dtype, log)
+    log(f"loading {run_dir} at {name} (single process, TP1/PP1)")
+    session = open_run(run_dir, step, _cpu_overrides(run_dir))
+    return write_folder(session.cfg, session.manifest, full_state(session), session.checkpoint, out, max_bytes,
+                        dtype, log)
 
 
-def write_folder(cfg: RunConfig, state: dict[str, torch.Tensor], ckpt: Path, out: Path,
+def _cpu_overrides(run_dir: Path) -> list[str]:
+    """Export runs on the CPU; fp8 is a GEMM mode of TE on GPUs whose weights are bf16."""
+    import yaml
+
+    precision = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("train", {}).get("precision")
+    return ["train.device=cpu", *(["train.precision=bf16"] if precision == "fp8" else [])]
+
+
+def full_state(session) -> dict[str, torch.Tensor]:
+    """The engine's full, megatron-named state dict of a single-process `run_loader.Session`."""
+    params = [p for m in session.engine.modules for p in m.parameters()]
+    with session.engine.gathered(params):  # ZeRO-3 holds partitions
+        return {k: v.detach().clone() for k, v in session.engine.modules[0].state_dict().items() if v is not None}
+
+
+def write_folder(cfg: RunConfig, manifest: Manifest, state: dict[str, torch.Tensor], ckpt: Path, out: Path,
                  max_shard_bytes: int = 5 * 10**9, dtype: str = "auto", log=print) -> Path:
     """The HF folder for a run's full megatron-named state dict (from whichever engine loaded `ckpt`)."""
-    from pipeline.data import check_tokenizer, load_manifest
-    from pipeline.train import manifest_path
-
-    manifest = load_manifest(manifest_path(cfg))
-    check_tokenizer(manifest, cfg.model.vocab_size)
     tok = manifest.tokenizer
     try:
         fields = hf_config(cfg, manifest.vocab_size, tok["bos_id"] if tok["bos_id"] >= 0 else None, tok["eod_id"],

@@ -76,13 +76,11 @@ def _megatron_name(key: str, prepended: tuple[int, ...]) -> str:
     return f"{head}{prepended[0]}.{key[len(head):]}"
 
 
-def load_chunk(module: nn.Module, reader: Reader, g: Geometry) -> set[str]:
-    """Fill one model chunk; returns the HF tensor names it read."""
+def chunk_state(module: nn.Module, reader: Reader, g: Geometry, read: set[str]) -> dict:
+    """The state dict of one model chunk of this rank, sliced from the HF tensors (names read go to `read`)."""
     from megatron.core.dist_checkpointing.dict_utils import dict_list_map_inplace, merge
     from megatron.core.dist_checkpointing.mapping import ShardedObject, ShardedTensor, apply_factory_merges
     from megatron.core.dist_checkpointing.state_dict_utils import load_preprocess
-
-    read: set[str] = set()
 
     def get(name: str) -> torch.Tensor:
         read.add(name)
@@ -111,24 +109,25 @@ def load_chunk(module: nn.Module, reader: Reader, g: Geometry) -> set[str]:
         raise HFImportError(f"checkpoint.init_from: {e}") from None
     state = apply_factory_merges(sharded, factories)
     merge(state, nonpersistent)
-    module.load_state_dict(state)
-    return read
+    return state
 
 
-def import_weights(spec: str, modules: list[nn.Module], cfg: RunConfig, vocab_size: int, sp_model: Path) -> None:
-    """`checkpoint.init_from=hf:<folder>`: check the folder against the run, then fill every chunk."""
+def import_weights(spec: str, session) -> None:
+    """`checkpoint.init_from=hf:<folder>` into a started run (`run_loader.Session`, collective): check the
+    folder against the run, then give every model chunk of every rank its slice."""
+    cfg, engine = session.cfg, session.engine
     folder = Path(spec.removeprefix(PREFIX))
-    _check_config(folder, cfg, vocab_size)
-    _check_vocabulary(folder, sp_model)
+    _check_config(folder, cfg, session.vocab_size)
+    _check_vocabulary(folder, session.manifest.root / session.manifest.tokenizer["path"])
     try:
         reader = Reader(folder)
     except FileNotFoundError as e:
         raise HFImportError(f"checkpoint.init_from: {e}") from None
-    g = Geometry.of(cfg, vocab_size)
+    g = Geometry.of(cfg, session.vocab_size)
     read: set[str] = set()
-    with torch.no_grad():
-        for module in modules:
-            read |= load_chunk(module, reader, g)
+    params = [p for m in engine.modules for p in m.parameters()]
+    with torch.no_grad(), engine.gathered(params):  # sharded_state_dict reads whole (ZeRO-3) parameters
+        states = [chunk_state(m, reader, g, read) for m in engine.modules]
     # Every HF tensor must land somewhere: anything left over is a part of the model the run lacks.
     if dist.is_initialized():
         gathered: list = [None] * dist.get_world_size()
@@ -139,3 +138,4 @@ def import_weights(spec: str, modules: list[nn.Module], cfg: RunConfig, vocab_si
     if unused:
         raise HFImportError(f"checkpoint.init_from: {folder} has tensors the run's model has no place for: "
                             f"{', '.join(unused[:8])}{' …' if len(unused) > 8 else ''}")
+    engine.load_model_state(states)

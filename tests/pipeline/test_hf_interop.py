@@ -34,18 +34,15 @@ EXPECTED_CLASS = {"dyt_tp2pp2": "LlamaDyTForCausalLM", "rmsnorm_tied": "LlamaFor
 REFERENCE = r"""
 import gzip, json, torch, sentencepiece as spm
 from pathlib import Path
-from pipeline.data import load_manifest
-from pipeline.engine.megatron import causal_mask
-from pipeline.hf._open_run import open_run
-from pipeline.hf.export import find_checkpoint, write_folder
-from pipeline.train import manifest_path
+from pipeline.engine.base import causal_mask
+from pipeline.hf.export import full_state, write_folder
+from pipeline.run_loader import open_run
 
 run_dir, out, ref_path = Path({run_dir!r}), {out!r}, Path({ref!r})
-ckpt = find_checkpoint(run_dir, None)
-run = open_run(run_dir, ckpt)
+run = open_run(run_dir)
 if out:
-    write_folder(run.cfg, run.state, ckpt, Path(out))
-manifest = load_manifest(manifest_path(run.cfg))
+    write_folder(run.cfg, run.manifest, full_state(run), run.checkpoint, Path(out))
+manifest = run.manifest
 sp = spm.SentencePieceProcessor(model_file=str(manifest.root / manifest.tokenizer["path"]))
 vocab, eos = manifest.vocab_size, manifest.tokenizer["eod_id"]
 docs = [json.loads(line)["text"] for line in gzip.open({corpus!r}, "rt")][:30]
@@ -179,7 +176,7 @@ def test_export_bad_checkpoints_fail_clearly(runs, tmp_path):
     shutil.copytree(src / "checkpoints", partial / "checkpoints")
     (partial / "checkpoints" / "step_0000003" / "meta.json").unlink()  # a save that never completed
     out = export_cli(partial, "--step", "3")
-    assert out.returncode == 1 and "step_0000003 is incomplete" in out.stderr, out.stderr[-2000:]
+    assert out.returncode == 1 and "no complete checkpoint at step 3" in out.stderr, out.stderr[-2000:]
     out = export_cli(partial)
     assert out.returncode == 1 and "no complete checkpoint" in out.stderr, out.stderr[-2000:]
 
@@ -188,7 +185,7 @@ def test_export_bad_checkpoints_fail_clearly(runs, tmp_path):
     (other / "config.yaml").write_text((src / "config.yaml").read_text().replace("type: dyt", "type: rmsnorm"))
     shutil.copytree(src / "checkpoints", other / "checkpoints")
     out = export_cli(other)
-    assert out.returncode != 0 and "another architecture" in out.stderr and "alpha" in out.stderr, out.stderr[-2000:]
+    assert out.returncode == 1 and "holds another model" in out.stderr and "alpha" in out.stderr, out.stderr[-2000:]
 
 
 def test_hf_llama_imports_into_tp2_pp2_and_exports_back_unchanged(runs, tmp_path, pydocs_manifest):

@@ -3,6 +3,7 @@ the whole bundled corpus, the LlamaDyT architecture, and the checks that refuse 
 
 import gzip
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -140,15 +141,21 @@ def _hf_folder(path, manifest, **config):
                   num_key_value_heads=2, rms_norm_eps=1e-5, rope_parameters={"rope_type": "default", "rope_theta": 1e4})
     LlamaConfig(**{**fields, **config}).save_pretrained(path)
     export_tokenizer(manifest.parent / tok["path"], path, tok, add_bos=False, max_length=128)
-    return manifest.parent / tok["path"]
+
+
+def _session(manifest, config="tiny_rmsnorm"):
+    """What import_weights reads before it touches the engine."""
+    from pipeline.data import load_manifest
+
+    return SimpleNamespace(cfg=load_config(config), vocab_size=4096, manifest=load_manifest(manifest), engine=None)
 
 
 def test_import_refuses_a_mismatching_config_naming_each_key(pydocs_manifest, tmp_path):
     from pipeline.hf.load import HFImportError, import_weights
 
-    sp_model = _hf_folder(tmp_path, pydocs_manifest, hidden_size=64, num_hidden_layers=2, tie_word_embeddings=True)
+    _hf_folder(tmp_path, pydocs_manifest, hidden_size=64, num_hidden_layers=2, tie_word_embeddings=True)
     with pytest.raises(HFImportError) as e:
-        import_weights(f"hf:{tmp_path}", [], load_config("tiny_rmsnorm"), 4096, sp_model)
+        import_weights(f"hf:{tmp_path}", _session(pydocs_manifest))
     msg = str(e.value)
     for key in ("hidden_size: HF has 64", "num_hidden_layers: HF has 2", "model.num_layers", "tie_word_embeddings"):
         assert key in msg
@@ -158,19 +165,19 @@ def test_import_refuses_a_mismatching_config_naming_each_key(pydocs_manifest, tm
 def test_import_refuses_another_vocabulary(pydocs_manifest, tmp_path):
     from pipeline.hf.load import HFImportError, import_weights
 
-    sp_model = _hf_folder(tmp_path, pydocs_manifest)
+    _hf_folder(tmp_path, pydocs_manifest)
     tj = json.loads((tmp_path / "tokenizer.json").read_text())
     vocab = tj["model"]["vocab"]
     a, b = "▁the", "▁a"
     vocab[a], vocab[b] = vocab[b], vocab[a]
     (tmp_path / "tokenizer.json").write_text(json.dumps(tj))
     with pytest.raises(HFImportError, match="2 pieces differ"):
-        import_weights(f"hf:{tmp_path}", [], load_config("tiny_rmsnorm"), 4096, sp_model)
+        import_weights(f"hf:{tmp_path}", _session(pydocs_manifest))
 
 
 def test_import_refuses_a_folder_without_weights(pydocs_manifest, tmp_path):
     from pipeline.hf.load import HFImportError, import_weights
 
-    sp_model = _hf_folder(tmp_path, pydocs_manifest)
+    _hf_folder(tmp_path, pydocs_manifest)
     with pytest.raises(HFImportError, match="no model.safetensors"):
-        import_weights(f"hf:{tmp_path}", [], load_config("tiny_rmsnorm"), 4096, sp_model)
+        import_weights(f"hf:{tmp_path}", _session(pydocs_manifest))
