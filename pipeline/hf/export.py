@@ -6,10 +6,12 @@ state dict: any engine whose `load_weights` fills the same GPTModel plugs in her
 written next to its destination and moved into place only when complete.
 """
 
+import contextlib
 import json
 import shlex
 import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -88,8 +90,8 @@ def export_run(run_dir: Path, step: int | None = None, out: Path | None = None, 
     max_bytes = weights.parse_size(max_shard_size)
     log(f"loading {run_dir} at {name} (single process, TP1/PP1)")
     session = open_run(run_dir, step, _cpu_overrides(run_dir))
-    return write_folder(session.cfg, session.manifest, full_state(session), session.checkpoint, out, max_bytes,
-                        dtype, log)
+    with full_state(session) as state:
+        return write_folder(session.cfg, session.manifest, state, session.checkpoint, out, max_bytes, dtype, log)
 
 
 def _cpu_overrides(run_dir: Path) -> list[str]:
@@ -100,11 +102,13 @@ def _cpu_overrides(run_dir: Path) -> list[str]:
     return ["train.device=cpu", *(["train.precision=bf16"] if precision == "fp8" else [])]
 
 
-def full_state(session) -> dict[str, torch.Tensor]:
-    """The engine's full, megatron-named state dict of a single-process `run_loader.Session`."""
+@contextlib.contextmanager
+def full_state(session) -> Iterator[dict[str, torch.Tensor]]:
+    """The engine's full, megatron-named state dict of a single-process `run_loader.Session` (valid inside
+    the context: ZeRO-3 parameters are gathered only for its duration)."""
     params = [p for m in session.engine.modules for p in m.parameters()]
-    with session.engine.gathered(params):  # ZeRO-3 holds partitions
-        return {k: v.detach().clone() for k, v in session.engine.modules[0].state_dict().items() if v is not None}
+    with session.engine.gathered(params):
+        yield {k: v.detach() for k, v in session.engine.modules[0].state_dict().items() if v is not None}
 
 
 def write_folder(cfg: RunConfig, manifest: Manifest, state: dict[str, torch.Tensor], ckpt: Path, out: Path,

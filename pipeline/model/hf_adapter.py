@@ -12,7 +12,7 @@ One adapter, used by export (megatron → HF) and import (HF → megatron). Per 
       `linear_qkv.layer_norm_weight` / `linear_fc1.layer_norm_weight` map like the separate norms
   everything else is a rename (linear_proj → o_proj, linear_fc2 → down_proj, embedding.scale →
   model.embed_tokens.scale). RoPE needs no permutation: megatron and HF both rotate halves.
-This module imports neither megatron nor transformers: it works on plain tensors and dicts.
+Plain tensors and dicts: no megatron or transformers objects are involved.
 """
 
 import re
@@ -24,7 +24,7 @@ import torch
 from pipeline.config.schema import RunConfig
 from pipeline.norms import alpha_init, embedding_scale
 
-from .factory import ffn_hidden_size
+from .dims import ffn_hidden_size
 
 # HF architectures by norm: RMSNorm runs that need nothing extra load as stock LLaMA.
 STOCK, CUSTOM = ("llama", "LlamaForCausalLM"), ("llama_dyt", "LlamaDyTForCausalLM")
