@@ -1,6 +1,7 @@
 """HF weight files: `model.safetensors`, or shards plus `model.safetensors.index.json` above a size."""
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -32,12 +33,15 @@ def save(tensors: dict[str, torch.Tensor], out: Path, max_shard_bytes: int) -> l
             size = 0
         shards[-1][name] = t
         size += nbytes
-    if len(shards) == 1:
-        save_file(shards[0], str(out / SINGLE), metadata={"format": "pt"})
-        return [SINGLE]
-    names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    names = [SINGLE] if len(shards) == 1 else \
+        [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    umask = os.umask(0)
+    os.umask(umask)
     for name, shard in zip(names, shards, strict=True):
         save_file(shard, str(out / name), metadata={"format": "pt"})
+        os.chmod(out / name, 0o666 & ~umask)  # safetensors creates files 0600; a model folder is for sharing
+    if len(shards) == 1:
+        return names
     index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())},
              "weight_map": {k: name for name, shard in zip(names, shards, strict=True) for k in shard}}
     (out / INDEX).write_text(json.dumps(index, indent=2) + "\n")
