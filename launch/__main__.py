@@ -70,13 +70,49 @@ def _launch(args: argparse.Namespace, overrides: list[str]) -> int:
 
         validate(cfg)  # before writing anything
         if not args.dry_run:
+            check_run_dir(cfg, config_path.parent, take_lock=False)
             save_config(cfg, config_path)
         return submit(cfg, config_path, dry_run=args.dry_run)
-    if not args.dry_run:
-        save_config(cfg, config_path)
     from launch.local import run_local
 
-    return run_local(cfg, config_path, dry_run=args.dry_run)
+    if args.dry_run:
+        return run_local(cfg, config_path, dry_run=True)
+    lock = check_run_dir(cfg, config_path.parent, take_lock=True)
+    save_config(cfg, config_path)
+    return run_local(cfg, config_path, lock=lock)
+
+
+def check_run_dir(cfg, run_dir: Path, take_lock: bool):
+    """Before anything is written: nobody else is using the run dir, and a rerun does not change what defines
+    it. Locally the lock is taken here and handed to the training job; a SLURM job takes it when it starts."""
+    import yaml
+
+    from pipeline.config import to_dict
+    from pipeline.config.rerun import check_rerun
+    from pipeline.run_lock import RunLock, RunLocked, describe, read_lock, stale_reason
+
+    if take_lock:
+        lock = RunLock(run_dir, what=f"python -m launch {cfg.name}")
+        try:
+            lock.acquire()
+        except RunLocked as e:
+            raise ConfigError(f"name: {e}") from None
+    else:
+        lock, info = None, read_lock(run_dir)
+        if info is not None and stale_reason(info) is None:
+            raise ConfigError(f"name: {run_dir} is in use by {describe(info)}")
+    saved = run_dir / "config.yaml"
+    if saved.is_file() and (run_dir / "checkpoints" / "latest").is_file():
+        try:
+            accepted = check_rerun(yaml.safe_load(saved.read_text()), yaml.safe_load(yaml.safe_dump(to_dict(cfg))),
+                                   cfg.checkpoint.allow_config_change, cfg.checkpoint.resume != "auto")
+        except ConfigError:
+            if lock is not None:
+                lock.release()
+            raise
+        if accepted:
+            print(f"config changes since the last run of {run_dir}:\n  " + "\n  ".join(accepted), flush=True)
+    return lock
 
 
 if __name__ == "__main__":

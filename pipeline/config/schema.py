@@ -135,6 +135,9 @@ class CheckpointConfig:
     keep_last: int = 2
     resume: str = "auto"  # auto (latest in the run dir) | none | <path to a checkpoint dir>
     init_from: str | None = None  # weights only, at step 0, from any checkpoint (any parallel layout)
+    # Resuming this run dir with changed model/data keys or a new parallel layout is refused unless the
+    # keys (or prefixes such as "parallel") are listed here: see pipeline/config/rerun.py.
+    allow_config_change: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -164,6 +167,7 @@ class LaunchConfig:
     launcher: Literal["local", "slurm"] = "local"
     nodes: int = 1
     nproc_per_node: int = 1  # GPUs per node (processes per node on CPU)
+    shutdown_grace_s: int = 120  # after a signal, how long workers may take to save before they are killed
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
 

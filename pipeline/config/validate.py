@@ -73,8 +73,9 @@ def validate(cfg: RunConfig) -> None:
         _fail("model.dropout", f"must be in [0, 1), got {m.dropout}")
 
     s, o = cfg.schedule, cfg.optimizer
-    if s.warmup_steps < 0 or s.warmup_steps > t.steps:
-        _fail("schedule.warmup_steps", f"must be in [0, train.steps={t.steps}], got {s.warmup_steps}")
+    if s.warmup_steps < 0 or s.warmup_steps >= t.steps:
+        _fail("schedule.warmup_steps", f"must be >= 0 and below train.steps={t.steps} (the LR decays over the "
+              f"steps after warmup), got {s.warmup_steps}; e.g. schedule.warmup_steps={max(t.steps // 10, 0)}")
     if not 0 < s.wsd_decay_fraction <= 1:
         _fail("schedule.wsd_decay_fraction", f"must be in (0, 1], got {s.wsd_decay_fraction}")
     if o.lr <= 0 or o.min_lr < 0 or o.min_lr > o.lr:

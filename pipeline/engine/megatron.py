@@ -23,6 +23,7 @@ from megatron.core.transformer.module import Float16Module
 from pipeline import cpu_compat
 from pipeline.config.schema import RunConfig
 from pipeline.model import build_model, norm_sites, transformer_config
+from pipeline.process import die_with_parent
 from pipeline.runtime import Runtime
 
 from .base import StepResult, causal_mask, nan_injection_steps, no_gather, per_token_loss
@@ -37,18 +38,30 @@ def _loss_func(loss_mask: torch.Tensor, output: torch.Tensor):
     return loss, count.to(torch.int), {"lm loss": torch.stack([loss.detach(), count])}
 
 
-def _start_writer_queue() -> None:
-    """dist_checkpointing reports writes through a Manager process that lives as long as training.
-    SLURM signals every process of a job step on preemption; started with SIGTERM/SIGUSR1 ignored (SIG_IGN
-    survives exec) it outlives the signal, so the preemption checkpoint can still be written."""
-    from megatron.core.dist_checkpointing.strategies.filesystem_async import get_write_results_queue
+_writer_managers: list = []
 
-    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGTERM, signal.SIGUSR1)}
-    try:
-        get_write_results_queue(cpu_compat.checkpoint_queue_start_method())
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
+
+def _writer_queue_process_init() -> None:
+    # SLURM signals every process of a job step on preemption: ignoring SIGTERM/SIGUSR1 keeps this process
+    # alive for the preemption checkpoint; it dies with its worker instead (even a SIGKILLed one).
+    for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+        signal.signal(s, signal.SIG_IGN)
+    die_with_parent(signal.SIGKILL)
+
+
+def _start_writer_queue() -> None:
+    """dist_checkpointing reports writes through a Manager process that lives as long as training. We start
+    it ourselves (megatron's `get_write_results_queue` takes no initializer) and hand megatron its queue."""
+    from multiprocessing import get_context
+    from multiprocessing.managers import SyncManager
+
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    if filesystem_async._results_queue is None:
+        manager = SyncManager(ctx=get_context(cpu_compat.checkpoint_queue_start_method()))
+        manager.start(initializer=_writer_queue_process_init)
+        filesystem_async._results_queue = manager.Queue()
+        _writer_managers.append(manager)  # a Manager shuts down when garbage-collected
 
 
 def _rng_state() -> ShardedObject:
