@@ -16,7 +16,7 @@ import torch.distributed as dist
 
 from pipeline.engine import StepResult
 from pipeline.model import norm_sites
-from pipeline.norms import is_dyt_like
+from pipeline.norms import get_spec
 
 log = logging.getLogger("pipeline")
 
@@ -47,11 +47,12 @@ def memory_gb(device: torch.device) -> float:
     return psutil.Process().memory_info().rss / 2**30
 
 
-def norm_stats(modules: list[torch.nn.Module]) -> dict[str, float]:
-    """α and γ statistics per DyT-like norm site, gathered from every pipeline stage."""
+def norm_stats(modules: list[torch.nn.Module], has_alpha: bool) -> dict[str, float]:
+    """α and γ statistics per norm site (for norms registered with `has_alpha`) and the embedding scalar,
+    gathered from every pipeline stage."""
     local: dict[str, float] = {}
     for site, norm in norm_sites(modules).items():
-        if is_dyt_like(norm):
+        if has_alpha:
             _add(local, site, norm)
     for chunk in modules:
         emb = getattr(getattr(chunk, "embedding", None), "scale", None)
@@ -66,10 +67,11 @@ def norm_stats(modules: list[torch.nn.Module]) -> dict[str, float]:
 
 
 def _add(out: dict, key: str, norm: torch.nn.Module) -> None:
-    w = norm.weight.detach().float()
     out[f"alpha/{key}"] = float(norm.alpha.detach().float())
-    out[f"gamma_mean/{key}"] = float(w.mean())
-    out[f"gamma_std/{key}"] = float(w.std()) if w.numel() > 1 else 0.0
+    if isinstance(getattr(norm, "weight", None), torch.Tensor):  # γ is optional for a user norm
+        w = norm.weight.detach().float()
+        out[f"gamma_mean/{key}"] = float(w.mean())
+        out[f"gamma_std/{key}"] = float(w.std()) if w.numel() > 1 else 0.0
 
 
 class Monitor:
@@ -77,6 +79,7 @@ class Monitor:
         self.cfg, self.device, self.is_main = cfg, device, is_main
         self.vocab, self.ffn = vocab, ffn
         self.peak = cfg.logging.peak_tflops or device_peak_tflops(device)
+        self.has_alpha = get_spec(cfg.model.norm.type).has_alpha
         self.writer = None
         if is_main and cfg.logging.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -110,7 +113,7 @@ class Monitor:
         tflops = flops_per_step(self.cfg, tokens, self.vocab, self.ffn) / elapsed / world / 1e12
         mem = memory_gb(self.device)
         lr = self._window[-1].lr
-        stats = norm_stats(modules) if self.cfg.logging.norm_stats else {}
+        stats = norm_stats(modules, self.has_alpha) if self.cfg.logging.norm_stats else {}
         if self.is_main:
             for tag, v in (("train/loss", loss), ("train/lr", lr), ("train/grad_norm", grad),
                            ("train/tokens_per_s", tok_s), ("train/step_time_s", step_time),

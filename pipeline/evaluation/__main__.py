@@ -33,16 +33,18 @@ def _compare(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     from pipeline.config import load_config
+    from pipeline.norms import registered_norms
 
-    load_config(args.config, args.overrides)  # a bad config fails before torch is imported
-    from pipeline.evaluation import report
-    from pipeline.evaluation.bench import NORMS, run_bench
-
-    norms = args.norms.split(",") if args.norms else list(NORMS)
-    unknown = sorted(set(norms) - set(NORMS))
+    load_config(args.config, args.overrides)  # a bad config fails before torch is imported (custom_imports run)
+    known = registered_norms()
+    norms = args.norms.split(",") if args.norms else known
+    unknown = sorted(set(norms) - set(known))
     if unknown:
-        raise ConfigError(f"--norms: unknown {', '.join(unknown)} (known: {', '.join(NORMS)})")
+        raise ConfigError(f"--norms: unknown {', '.join(unknown)} (registered: {', '.join(known)})")
     import torch
+
+    from pipeline.evaluation import report
+    from pipeline.evaluation.bench import run_bench
 
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
@@ -89,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("bench", help="wall-clock of the norm layers and the whole model per norm type")
     b.add_argument("config", help="run config whose shapes to use (configs/<name>.yaml or a path)")
     b.add_argument("overrides", nargs="*", help="key.sub=value overrides of that config")
-    b.add_argument("--norms", help="comma-separated subset of rmsnorm,layernorm,dyt,derf (default: all)")
+    b.add_argument("--norms", help="comma-separated registered norms, e.g. rmsnorm,dyt (default: all registered)")
     b.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     b.add_argument("--reps", type=int, default=15, help="interleaved repetitions per case (layer level)")
     b.add_argument("--skip-model", action="store_true", help="norm layers only")
