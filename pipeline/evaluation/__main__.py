@@ -10,7 +10,7 @@ import logging
 import sys
 from pathlib import Path
 
-from pipeline.config import ConfigError
+from pipeline.config import ConfigError, add_config_dirs
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -81,6 +81,8 @@ def _scurve(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipeline.evaluation", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config-dir", action="append", default=[], metavar="DIR",
+                    help="look config names up here before the shipped configs (repeatable)")
     sub = ap.add_subparsers(dest="job", required=True)
     c = sub.add_parser("compare", help="train variants × seeds (reusing complete runs), report the losses")
     c.add_argument("config", help="compare config: configs/compare/<name>.yaml, 'compare/<name>', or a path")
@@ -104,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
+        add_config_dirs(args.config_dir)
         return args.fn(args)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
