@@ -1,10 +1,9 @@
 """Monitoring: TensorBoard scalars and a compact console line (rank 0), throughput and MFU, memory,
 and the per-site α / γ of DyT-like norms.
 
-FLOPs per training step (Megatron's formula for a dense GPT with GQA and SwiGLU; fwd + bwd = 3 × fwd):
-  3 · tokens · [ L · (2h·(h + 2·g·d) + 4·s·h + 2h² + 6·h·f) + 2·h·V ]
-h hidden, L layers, g query groups, d head dim, s sequence length, f FFN width, V padded vocabulary.
+FLOPs per token come from the model (`pipeline.model.flops_per_token`, Megatron's formula).
 MFU = achieved FLOP/s per device ÷ the device's dense bf16 peak (table below, or logging.peak_tflops).
+Engine-neutral: norm sites and (under ZeRO-3) their full values come through the engine interface.
 """
 
 import logging
@@ -14,8 +13,8 @@ import psutil
 import torch
 import torch.distributed as dist
 
-from pipeline.engine import StepResult
-from pipeline.model import norm_sites
+from pipeline.engine import Engine, StepResult
+from pipeline.model import flops_per_token
 from pipeline.norms import get_spec
 
 log = logging.getLogger("pipeline")
@@ -23,15 +22,6 @@ log = logging.getLogger("pipeline")
 # Dense bf16 tensor-core peaks (TFLOP/s) by device-name substring; matched in order.
 PEAK_TFLOPS = [("H200", 989.0), ("H100", 989.0), ("GH200", 989.0), ("B200", 2250.0), ("A100", 312.0),
                ("L40S", 362.0), ("A10G", 125.0)]
-
-
-def flops_per_step(cfg, tokens: int, vocab: int, ffn: int) -> float:
-    m = cfg.model
-    h, L, s = m.hidden_size, m.num_layers, m.seq_length
-    d = h // m.num_attention_heads
-    g = m.num_query_groups or m.num_attention_heads
-    per_token = L * (2 * h * (h + 2 * g * d) + 4 * s * h + 2 * h * h + 6 * h * ffn) + 2 * h * vocab
-    return 3.0 * tokens * per_token
 
 
 def device_peak_tflops(device: torch.device) -> float | None:
@@ -47,17 +37,18 @@ def memory_gb(device: torch.device) -> float:
     return psutil.Process().memory_info().rss / 2**30
 
 
-def norm_stats(modules: list[torch.nn.Module], has_alpha: bool) -> dict[str, float]:
+def norm_stats(engine: Engine, has_alpha: bool) -> dict[str, float]:
     """α and γ statistics per norm site (for norms registered with `has_alpha`) and the embedding scalar,
-    gathered from every pipeline stage."""
+    gathered from every pipeline stage (collective)."""
     local: dict[str, float] = {}
-    for site, norm in norm_sites(modules).items():
-        if has_alpha:
+    sites = engine.norm_sites() if has_alpha else {}
+    scales = [s for s in (getattr(getattr(c, "embedding", None), "scale", None) for c in engine.modules)
+              if s is not None]
+    with engine.gathered([p for n in sites.values() for p in n.parameters()] + scales):
+        for site, norm in sites.items():
             _add(local, site, norm)
-    for chunk in modules:
-        emb = getattr(getattr(chunk, "embedding", None), "scale", None)
-        if emb is not None:
-            local["embedding_scale"] = float(emb.detach().float())
+        for scale in scales:
+            local["embedding_scale"] = float(scale.detach().float())
     if dist.is_initialized() and dist.get_world_size() > 1:
         gathered: list[dict] = [{} for _ in range(dist.get_world_size())]
         dist.all_gather_object(gathered, local)
@@ -75,9 +66,9 @@ def _add(out: dict, key: str, norm: torch.nn.Module) -> None:
 
 
 class Monitor:
-    def __init__(self, cfg, run_dir, device: torch.device, vocab: int, ffn: int, is_main: bool) -> None:
+    def __init__(self, cfg, run_dir, device: torch.device, vocab_size: int, is_main: bool) -> None:
         self.cfg, self.device, self.is_main = cfg, device, is_main
-        self.vocab, self.ffn = vocab, ffn
+        self.flops_per_token = flops_per_token(cfg, vocab_size)
         self.peak = cfg.logging.peak_tflops or device_peak_tflops(device)
         self.has_alpha = get_spec(cfg.model.norm.type).has_alpha
         self.writer = None
@@ -93,7 +84,7 @@ class Monitor:
         if self.writer is not None:
             self.writer.add_scalar(tag, value, step)
 
-    def step(self, step: int, result: StepResult, seconds: float, modules: list[torch.nn.Module]) -> None:
+    def step(self, step: int, result: StepResult, seconds: float, engine: Engine) -> None:
         """Record one finished optimizer step (`step` counts from 1, `seconds` its wall time);
         log every log_interval steps. Saves and validation are not in `seconds`."""
         self.skipped += int(result.skipped)
@@ -110,10 +101,10 @@ class Monitor:
         step_time = elapsed / n
         tok_s = tokens / elapsed
         world = dist.get_world_size() if dist.is_initialized() else 1
-        tflops = flops_per_step(self.cfg, tokens, self.vocab, self.ffn) / elapsed / world / 1e12
+        tflops = self.flops_per_token * tokens / elapsed / world / 1e12
         mem = memory_gb(self.device)
         lr = self._window[-1].lr
-        stats = norm_stats(modules, self.has_alpha) if self.cfg.logging.norm_stats else {}
+        stats = norm_stats(engine, self.has_alpha) if self.cfg.logging.norm_stats else {}
         if self.is_main:
             for tag, v in (("train/loss", loss), ("train/lr", lr), ("train/grad_norm", grad),
                            ("train/tokens_per_s", tok_s), ("train/step_time_s", step_time),

@@ -22,10 +22,9 @@ import torch.distributed as dist
 from pipeline import runtime
 from pipeline.checkpoint import CheckpointManager
 from pipeline.config import RunConfig, load_config, save_config
-from pipeline.data import build_datasets, check_tokenizer, load_manifest, step_microbatches
-from pipeline.engine import MegatronEngine
-from pipeline.model import ffn_hidden_size, padded_vocab_size
+from pipeline.data import build_datasets, step_microbatches
 from pipeline.monitor import Monitor
+from pipeline.run_loader import start as start_session
 
 log = logging.getLogger("pipeline")
 
@@ -57,10 +56,6 @@ class PreemptionFlag:
         return bool(flag.item())
 
 
-def manifest_path(cfg: RunConfig) -> Path:
-    return Path(cfg.data.manifest or Path(cfg.data.prepare.output_dir) / "manifest.json")
-
-
 def write_status(run_dir: Path, state: str, step: int, **extra) -> None:
     tmp = run_dir / "status.json.tmp"
     tmp.write_text(json.dumps({"state": state, "step": step, "time": time.time(), **extra}, indent=2))
@@ -78,17 +73,15 @@ def evaluate(engine, dataset, cfg: RunConfig, rt) -> float:
 def train(cfg: RunConfig) -> str:
     """Run (or resume) training; returns the final state: complete | preempted."""
     run_dir = Path(cfg.output_dir) / cfg.name
-    rt = runtime.init(cfg)
     t = cfg.train
-    manifest = load_manifest(manifest_path(cfg))
-    check_tokenizer(manifest, cfg.model.vocab_size)
-    vocab = cfg.model.vocab_size or manifest.vocab_size
+    session = start_session(cfg)
+    rt, engine = session.runtime, session.engine
     if rt.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
         write_status(run_dir, "running", 0)
+    engine.write_run_files(run_dir)
 
-    engine = MegatronEngine(cfg, rt, vocab)
     ckpt = CheckpointManager(run_dir / "checkpoints", cfg)
     start = 0
     resume_from = ckpt.find_resume(cfg.checkpoint.resume)
@@ -100,15 +93,16 @@ def train(cfg: RunConfig) -> str:
         ckpt.load_weights(engine, Path(cfg.checkpoint.init_from))
 
     num_valid = t.eval_iters * t.global_batch_size if t.eval_interval else 0
-    train_ds, valid_ds = build_datasets(manifest, cfg.model.seq_length, t.seed, t.steps * t.global_batch_size,
+    train_ds, valid_ds = build_datasets(session.manifest, cfg.model.seq_length, t.seed, t.steps * t.global_batch_size,
                                         num_valid, run_dir / "cache")
-    monitor = Monitor(cfg, run_dir, rt.device, padded_vocab_size(vocab, cfg), ffn_hidden_size(cfg), rt.is_main)
+    monitor = Monitor(cfg, run_dir, rt.device, session.vocab_size, rt.is_main)
     preempt = PreemptionFlag()
+    n_params = engine.num_parameters()
     if rt.is_main:
-        n_params = sum(p.numel() for m in engine.modules for p in m.parameters())
-        print(f"run {cfg.name}: {cfg.model.norm.type}, {n_params / 1e6:.2f}M params on rank 0, world {rt.world_size} "
-              f"(tp {cfg.parallel.tp} pp {cfg.parallel.pp} dp {rt.dp_size}), {rt.device.type}, steps {start}→{t.steps}",
-              flush=True)
+        zero = f" zero {cfg.deepspeed.zero_stage}" if cfg.engine == "deepspeed" else ""
+        print(f"run {cfg.name}: {cfg.model.norm.type}, {n_params / 1e6:.2f}M params, {cfg.engine} engine, world "
+              f"{rt.world_size} (tp {cfg.parallel.tp} pp {cfg.parallel.pp} dp {rt.dp_size}{zero}), {rt.device.type}, "
+              f"steps {start}→{t.steps}", flush=True)
 
     state, step, last_loss, t_start = "complete", start, float("nan"), time.time()
     for step in range(start + 1, t.steps + 1):
@@ -116,7 +110,7 @@ def train(cfg: RunConfig) -> str:
                                        rt.dp_rank, rt.dp_size))
         t0 = time.perf_counter()
         result = engine.train_step(batch)
-        monitor.step(step, result, time.perf_counter() - t0, engine.modules)
+        monitor.step(step, result, time.perf_counter() - t0, engine)
         if not math.isfinite(result.loss):
             if t.nan_policy == "stop":
                 if rt.is_main:

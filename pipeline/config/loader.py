@@ -175,6 +175,8 @@ def build(tp: Any, value: Any, key: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         return [build(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is Any:  # free-form values passed through to a framework (e.g. deepspeed.extra)
+        return value
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")

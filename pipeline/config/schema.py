@@ -5,7 +5,8 @@ the key. `pipeline.config.loader` builds and validates a `RunConfig` from YAML +
 """
 
 from dataclasses import dataclass, field
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 from data_prep.config import PrepareConfig
 from pipeline.norms.recipe import AlphaInit
@@ -95,6 +96,29 @@ class DataConfig:
     manifest: str = ""  # manifest.json written by data_prep; "" = <prepare.output_dir>/manifest.json
     prepare: PrepareConfig | None = None  # how `make data` builds the manifest
 
+    @property
+    def manifest_path(self) -> Path:
+        return Path(self.manifest or Path(self.prepare.output_dir) / "manifest.json")
+
+
+@dataclass
+class DeepSpeedConfig:
+    """ZeRO knobs of the DeepSpeed engine (defaults: DeepSpeed's documented ones). Batch sizes, precision,
+    clipping and the optimizer come from the train/optimizer sections: one source of truth."""
+
+    zero_stage: Literal[0, 1, 2, 3] = 1
+    offload_optimizer: Literal["none", "cpu"] = "none"  # ZeRO 1-3: optimizer state (and step) in host memory
+    offload_param: Literal["none", "cpu"] = "none"  # ZeRO 3: parameters in host memory
+    overlap_comm: bool = False
+    contiguous_gradients: bool = True
+    reduce_bucket_size: int = 500_000_000
+    allgather_bucket_size: int = 500_000_000
+    stage3_prefetch_bucket_size: int = 50_000_000
+    stage3_param_persistence_threshold: int = 100_000
+    stage3_max_live_parameters: int = 1_000_000_000
+    stage3_max_reuse_distance: int = 1_000_000_000
+    extra: dict[str, Any] = field(default_factory=dict)  # merged last into the generated DeepSpeed JSON (expert use)
+
 
 @dataclass
 class CheckpointConfig:
@@ -141,9 +165,10 @@ class RunConfig:
     # the working directory or PYTHONPATH; torchtitan's `custom_imports`).
     custom_imports: list[str] = field(default_factory=list)
     output_dir: str = "runs"  # the run lives in <output_dir>/<name>
-    engine: Literal["megatron"] = "megatron"
+    engine: Literal["megatron", "deepspeed"] = "megatron"  # see README "Choosing an engine"
     model: ModelConfig = field(default_factory=ModelConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)

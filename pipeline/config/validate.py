@@ -77,6 +77,8 @@ def validate(cfg: RunConfig) -> None:
         _fail("checkpoint.keep_last", f"must be >= 1, got {cfg.checkpoint.keep_last}")
     if t.log_interval < 1:
         _fail("train.log_interval", f"must be >= 1, got {t.log_interval}")
+    if cfg.engine == "deepspeed":
+        _validate_deepspeed(cfg)
     if not cfg.data.manifest and cfg.data.prepare is None:
         _fail("data", "set data.manifest or a data.prepare section")
 
@@ -96,3 +98,27 @@ def _validate_norm(n: NormConfig) -> None:
               f"(norms with one: {', '.join(fusable)})")
     if isinstance(n.alpha_init, AlphaInit) and not spec.has_alpha:
         _fail("model.norm.alpha_init", f"{n.type!r} has no α (set it for a norm registered with has_alpha)")
+
+
+def _validate_deepspeed(cfg: RunConfig) -> None:
+    """The DeepSpeed engine wraps the same GPTModel with ZeRO; pipeline parallelism stays megatron's."""
+    p, d = cfg.parallel, cfg.deepspeed
+    for key, on in (("parallel.pp", p.pp > 1), ("parallel.cp", p.cp > 1),
+                    ("parallel.distributed_optimizer", p.distributed_optimizer),
+                    ("parallel.overlap_grad_reduce", p.overlap_grad_reduce),
+                    ("parallel.overlap_param_gather", p.overlap_param_gather)):
+        if on:
+            _fail(key, "is a megatron-engine feature; with engine: deepspeed use deepspeed.zero_stage (ZeRO "
+                  "partitions optimizer state, gradients and parameters) or set engine: megatron")
+    if p.sp:
+        _fail("parallel.sp", "sequence parallelism needs the megatron engine (its norm gradients are reduced "
+              "across tensor-parallel ranks by megatron's DDP, which DeepSpeed replaces); use engine: megatron")
+    if cfg.train.precision == "bf16" and d.zero_stage == 0:
+        _fail("deepspeed.zero_stage", "bf16 needs ZeRO stage >= 1 (DeepSpeed 0.19's stage-0 bf16 optimizer cannot "
+              "load its own checkpoints)")
+    if d.offload_optimizer != "none" and d.zero_stage == 0:
+        _fail("deepspeed.offload_optimizer", "needs deepspeed.zero_stage >= 1")
+    if d.offload_param != "none" and d.zero_stage != 3:
+        _fail("deepspeed.offload_param", "needs deepspeed.zero_stage: 3")
+    if cfg.train.precision == "fp8":
+        _fail("train.precision", "fp8 runs through Transformer Engine in the megatron engine; use bf16 here")

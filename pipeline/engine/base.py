@@ -1,10 +1,14 @@
-"""The engine interface the training loop, checkpointing and monitoring rely on.
+"""The engine interface that the training loop, checkpointing, monitoring and evaluation rely on.
 
-Small on purpose so a DeepSpeed engine can implement it without touching `train`, `checkpoint` or
-`monitor`.
+An engine owns everything framework-specific: building and wrapping the model, the optimizer and LR
+schedule, one training step, evaluation, and its own checkpoint format inside a directory it is given.
+Nothing here imports megatron or deepspeed.
 """
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -20,19 +24,60 @@ class StepResult:
 
 
 class Engine(Protocol):
-    modules: list[torch.nn.Module]  # the unwrapped model chunks of this rank (for stats, hooks)
-    scheduler: object  # has state_dict() / load_state_dict()
+    modules: list[torch.nn.Module]  # the unwrapped model chunks of this rank (same keys for every engine)
 
-    def train_step(self, microbatches: list[dict[str, torch.Tensor]]) -> StepResult: ...
+    def train_step(self, microbatches: list[dict[str, torch.Tensor]]) -> StepResult:
+        """One optimizer step over this rank's micro-batches of the global batch."""
 
-    def eval_loss(self, microbatches: list[dict[str, torch.Tensor]]) -> float: ...
+    def eval_loss(self, microbatches: list[dict[str, torch.Tensor]]) -> float:
+        """Token-weighted mean loss over the global batch, no update."""
 
-    def set_step(self, step: int) -> None: ...
+    def layout(self) -> dict:
+        """What a checkpoint must have been saved with to be restored exactly (optimizer shards, RNG)."""
 
-    def model_state(self) -> dict: ...
+    def save(self, directory: Path, step: int) -> None:
+        """Collective: write model, optimizer, schedule and RNG state into `directory` (it exists)."""
 
-    def optimizer_state(self, model_state: dict, is_loading: bool) -> dict: ...
+    def load(self, directory: Path, saved_layout: dict) -> int:
+        """Collective: restore everything saved by `save`; returns the step. When `saved_layout` differs from
+        `layout()` the engine restores what it can (and says so) or raises with what to do instead."""
 
-    def load_model(self, state: dict) -> None: ...
+    def load_weights(self, directory: Path) -> None:
+        """Collective: model weights only, from a checkpoint of this engine in any parallel layout."""
 
-    def load_optimizer(self, state: dict) -> None: ...
+    def norm_sites(self) -> dict[str, torch.nn.Module]:
+        """Norm modules of this rank by site name ("attention/layer_01", "mlp/layer_01", "final")."""
+
+    def gathered(self, params: list[torch.nn.Parameter]) -> contextlib.AbstractContextManager:
+        """Collective context in which `params` hold their full values (ZeRO-3 partitions them)."""
+
+    def num_parameters(self) -> int:
+        """Parameters of the whole model (all ranks, replicas counted once)."""
+
+    def write_run_files(self, run_dir: Path) -> None:
+        """Engine-specific files for inspection beside the run's config.yaml (rank 0 writes)."""
+
+
+@contextlib.contextmanager
+def no_gather(params: list[torch.nn.Parameter]) -> Iterator[None]:
+    """`Engine.gathered` for engines whose parameters are always whole on their rank."""
+    yield
+
+
+def per_token_loss(losses: torch.Tensor, loss_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of masked per-token losses, token count) of one micro-batch, in fp32."""
+    mask = loss_mask.float().view(-1)
+    return torch.sum(losses.float().view(-1) * mask), mask.sum()
+
+
+def causal_mask(seq_length: int, device: torch.device) -> torch.Tensor:
+    """True = masked. Passed explicitly: megatron's default mask is built on 'cuda'."""
+    return torch.triu(torch.ones(seq_length, seq_length, dtype=torch.bool, device=device), 1)[None, None]
+
+
+def nan_injection_steps() -> set[int]:
+    """Test hook (DYT_INJECT_NAN_STEPS=2,5): 0-based engine steps whose loss is made NaN, to exercise
+    train.nan_policy identically in every engine."""
+    import os
+
+    return {int(s) for s in os.environ.get("DYT_INJECT_NAN_STEPS", "").split(",") if s.strip()}

@@ -23,8 +23,8 @@ import torch
 
 from pipeline.config import RunConfig, load_config
 from pipeline.evaluation import plots
-from pipeline.evaluation.common import SINGLE_PROCESS
 from pipeline.norms import NormSpec, get_spec, registered_norms
+from pipeline.run_loader import SINGLE_PROCESS
 
 METHOD = ("Everything runs in one process, after warm-up calls (which also compile). Each repetition "
           "times every case once, in a rotated order (so no case always runs first or last), as the mean "
@@ -205,7 +205,7 @@ def model_cases(config: str, overrides: list[str], norms: list[str], device: tor
     """Forward and train-step cases, one engine per variant, all resident at once (so they can interleave);
     also each engine's static memory in MB (params, grads, optimizer state; CUDA only)."""
     from pipeline import runtime
-    from pipeline.engine import MegatronEngine
+    from pipeline.engine import build_engine
 
     common = [*overrides, *SINGLE_PROCESS, f"train.device={device.type}"]
     base_cfg = load_config(config, common)
@@ -217,7 +217,7 @@ def model_cases(config: str, overrides: list[str], norms: list[str], device: tor
         cfg = load_config(config, [*common, *extra])
         _sync(device)
         before = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
-        engine = MegatronEngine(cfg, rt, vocab)
+        engine = build_engine(cfg, rt, vocab)
         engine.train_step(batches)  # allocates the optimizer state
         _sync(device)
         static[label] = (torch.cuda.memory_allocated(device) - before) / 2**20 if before is not None else None
@@ -297,7 +297,6 @@ def run_bench(config: str, overrides: list[str], out_dir: Path, norms: list[str]
     """Both levels on `device` (cpu | cuda); returns the results and writes the figure to out_dir."""
     from pipeline import runtime  # first: it quiets megatron's import-time notices
     from pipeline.data import load_manifest
-    from pipeline.train import manifest_path
 
     norms = list(norms or registered_norms())
     cfg = load_config(config, overrides)
@@ -319,7 +318,7 @@ def run_bench(config: str, overrides: list[str], out_dir: Path, norms: list[str]
                             "norms": norms}}
     sections = [("layer forward", layer["forward"]), ("layer forward+backward", layer["forward_backward"])]
     if not skip_model:
-        vocab = cfg.model.vocab_size or load_manifest(manifest_path(cfg)).vocab_size
+        vocab = cfg.model.vocab_size or load_manifest(cfg.data.manifest_path).vocab_size
         mfwd, mstep, static = model_cases(config, overrides, norms, dev, vocab)
         try:
             for cases in (mfwd, mstep):

@@ -149,14 +149,12 @@ def is_reusable(p: RunPlan) -> bool:
 def ensure_data(p: RunPlan) -> None:
     """Build the runs' (shared) data set when its manifest is missing, as `make data` would; a manifest that
     exists is left to training's own checks (tokenizer hash, shard files)."""
-    from pipeline.train import manifest_path
-
-    if manifest_path(p.cfg).is_file() or p.cfg.data.prepare is None:
+    if p.cfg.data.manifest_path.is_file() or p.cfg.data.prepare is None:
         return
     cmd = [sys.executable, "-m", "data_prep", "--config", p.config]
     for o in p.overrides:
         cmd += ["-o", o]
-    print(f"== data: {manifest_path(p.cfg)} missing, preparing it ({' '.join(cmd[1:])})", flush=True)
+    print(f"== data: {p.cfg.data.manifest_path} missing, preparing it ({' '.join(cmd[1:])})", flush=True)
     if subprocess.run(cmd, env=child_env()).returncode != 0:
         raise CompareError(f"data preparation failed: {' '.join(cmd)}")
 
@@ -215,24 +213,12 @@ def data_facts(cfg: RunConfig) -> dict:
     from pipeline import runtime  # noqa: F401  (first: it quiets megatron's import-time notices)
     from pipeline.data import load_manifest
     from pipeline.evaluation.unigram import unigram_reference
-    from pipeline.train import manifest_path
+    from pipeline.model import weight_count
 
-    manifest = load_manifest(manifest_path(cfg))
-    return {"params": count_params(cfg, cfg.model.vocab_size or manifest.vocab_size),
+    manifest = load_manifest(cfg.data.manifest_path)
+    return {"params": weight_count(cfg, cfg.model.vocab_size or manifest.vocab_size),
             "params_note": "weights of embeddings and linear layers, norm parameters excluded",
             "unigram_reference": unigram_reference(manifest)}
-
-
-def count_params(cfg: RunConfig, vocab_size: int) -> int:
-    """Weights of the embeddings and linear layers (norm parameters, a few per layer, are left out)."""
-    from pipeline.model import ffn_hidden_size, padded_vocab_size
-
-    m = cfg.model
-    h, f, groups = m.hidden_size, ffn_hidden_size(cfg), m.num_query_groups or m.num_attention_heads
-    vocab = padded_vocab_size(vocab_size, cfg)
-    qkv = h * (h + 2 * groups * h // m.num_attention_heads)
-    per_layer = qkv + h * h + 3 * h * f  # qkv, proj, SwiGLU fc1 (2f) + fc2 (f)
-    return m.num_layers * per_layer + vocab * h * (2 if m.untie_embeddings else 1)
 
 
 def analyze(cc: CompareConfig, runs: list[RunResult]) -> tuple[dict, dict]:

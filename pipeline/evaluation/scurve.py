@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.evaluation import plots
-from pipeline.evaluation.common import SINGLE_PROCESS
 from pipeline.evaluation.events import read_scalars
 
 FIT_POINTS = 200_000  # elements per site used for the fit (a seeded random subset)
@@ -78,42 +77,17 @@ def pre_affine(module, x):
                     "into the next linear, e.g. by Transformer Engine, has no separate module to hook)")
 
 
-def load_trained(run_dir: Path):
-    """(cfg, engine, manifest, step): the weights of the run's latest complete checkpoint in one process."""
-    import json
-
-    from pipeline import runtime
-    from pipeline.checkpoint import META, CheckpointManager
-    from pipeline.config import load_config
-    from pipeline.data import load_manifest
-    from pipeline.engine import MegatronEngine
-    from pipeline.train import manifest_path
-
-    cfg = load_config(str(run_dir / "config.yaml"), SINGLE_PROCESS)
-    ckpt = CheckpointManager(run_dir / "checkpoints", cfg)
-    path = ckpt.find_resume("auto")
-    if path is None:
-        raise FileNotFoundError(f"{run_dir}/checkpoints: no complete checkpoint to analyse")
-    rt = runtime.init(cfg)
-    manifest = load_manifest(manifest_path(cfg))
-    engine = MegatronEngine(cfg, rt, cfg.model.vocab_size or manifest.vocab_size)
-    ckpt.load_weights(engine, path)
-    return cfg, engine, manifest, json.loads((path / META).read_text())["step"]
-
-
 def capture(engine, cfg, manifest, run_dir: Path) -> tuple[dict, str]:
     """Hook every norm site on the first validation micro-batch: {site: (module, x, out)}, 2-D fp32."""
     import torch
 
     from pipeline.data import build_datasets, step_microbatches
-    from pipeline.model import norm_sites
-
     t = cfg.train
     train_ds, valid_ds = build_datasets(manifest, cfg.model.seq_length, t.seed, t.micro_batch_size,
                                         t.micro_batch_size, run_dir / "cache")
     dataset, split = (valid_ds, "valid") if valid_ds is not None else (train_ds, "train")
     batch = next(step_microbatches(dataset, 0, t.micro_batch_size, t.micro_batch_size, 0, 1))
-    sites = norm_sites(engine.modules)
+    sites = engine.norm_sites()
     gen = torch.Generator().manual_seed(0)
     seen: dict[str, tuple] = {}
 
@@ -142,8 +116,10 @@ def scurves(run_dir: Path, out_dir: Path) -> dict:
     import torch
 
     from pipeline import runtime
+    from pipeline.run_loader import open_run
 
-    cfg, engine, manifest, step = load_trained(run_dir)
+    session = open_run(run_dir)
+    cfg, engine, manifest, step = session.cfg, session.engine, session.manifest, session.step
     try:
         seen, batch_desc = capture(engine, cfg, manifest, run_dir)
     finally:

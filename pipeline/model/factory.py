@@ -1,7 +1,5 @@
 """Build the LLaMA GPTModel chunks for this rank from a run config (one chunk per virtual stage)."""
 
-import math
-
 import torch
 import torch.nn.functional as F
 from megatron.core import parallel_state as ps
@@ -15,18 +13,8 @@ from pipeline.config.schema import RunConfig
 from pipeline.norms import embedding_scale, get_spec
 from pipeline.norms.torch_norms import tag_sequence_parallel
 
+from .dims import ffn_hidden_size, padded_vocab_size
 from .spec import block_spec, default_backend
-
-
-def ffn_hidden_size(cfg: RunConfig) -> int:
-    """LLaMA's SwiGLU width: 8/3·h rounded up to a multiple of 64, unless set."""
-    m = cfg.model
-    return m.ffn_hidden_size or 64 * math.ceil(8 * m.hidden_size / 3 / 64)
-
-
-def padded_vocab_size(vocab_size: int, cfg: RunConfig) -> int:
-    multiple = cfg.model.make_vocab_size_divisible_by * cfg.parallel.tp
-    return multiple * math.ceil(vocab_size / multiple)
 
 
 def transformer_config(cfg: RunConfig, on_gpu: bool) -> TransformerConfig:
