@@ -10,7 +10,6 @@ import argparse
 import json
 import logging
 import math
-import os
 import signal
 import sys
 import time
@@ -27,10 +26,6 @@ from pipeline.monitor import Monitor
 from pipeline.run_loader import start as start_session
 
 log = logging.getLogger("pipeline")
-
-
-# Test hook: die right after this step without saving (exercises crash → resume from the last checkpoint).
-FAIL_AT_STEP = int(os.environ.get("DYT_FAIL_AT_STEP", "0"))
 
 
 class NonFiniteLoss(RuntimeError):
@@ -127,8 +122,6 @@ def train(cfg: RunConfig) -> str:
         if preempt.requested(rt.device):
             state = "preempted"
             break
-        if step == FAIL_AT_STEP:
-            raise SystemExit(f"DYT_FAIL_AT_STEP: crashing after step {step} without saving (test hook)")
         if cfg.checkpoint.save_interval and step % cfg.checkpoint.save_interval == 0 and step != t.steps:
             ckpt.save(engine, step, {"loss": last_loss})
 

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from pipeline.config import ConfigError, load_config
+from tests.faults import fault_env
 from tests.helpers import launch, run_python, scalars
 
 STEPS = 10
@@ -68,7 +69,7 @@ def test_deepspeed_matches_megatron(runs, norm, variant):
 def test_crash_and_resume_is_bit_exact(runs, variant):
     want, _ = runs.curves(f"{variant}_dyt", "dyt", VARIANTS[variant])
     name = f"crash_{variant}"
-    crashed = runs.run(name, "dyt", VARIANTS[variant], env={"DYT_FAIL_AT_STEP": "7"}, check=False)
+    crashed = runs.run(name, "dyt", VARIANTS[variant], env=fault_env(crash_after_step=7), check=False)
     assert crashed.returncode != 0
     assert (runs.root / name / "checkpoints" / "latest").read_text().strip() == "step_0000005"
     resumed = runs.run(name, "dyt", VARIANTS[variant])
