@@ -199,7 +199,7 @@ def to_dict(cfg: Any) -> dict:
 def import_custom(modules: list[str]) -> None:
     """`custom_imports`: import each module (from the working directory or PYTHONPATH), so the norms it
     registers are known before validation."""
-    if os.getcwd() not in sys.path and "" not in sys.path:
+    if modules and os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.append(os.getcwd())  # console scripts do not put the working directory on sys.path
     for i, name in enumerate(modules):
         try:
