@@ -10,23 +10,32 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 RUN ?=
 
+BIN := $(VENV)/bin
+# The dyt-* commands are this package's console scripts (pyproject.toml); `make setup` installs the checkout
+# into the venv (editable). PYTHONPATH keeps this checkout's code first even when the venv's scripts were
+# installed from another checkout of the project.
+export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
+
 LAUNCH_FLAGS := $(if $(LAUNCHER),--launcher $(LAUNCHER)) $(if $(NODES),--nodes $(NODES))
 OVERRIDE_FLAGS := $(foreach o,$(OVERRIDES),--override $(o))
 
-.PHONY: help setup pretrain data test test-fast lint tensorboard clean-runs bench-kernels gpu-check bench-data compare bench-model scurve
+.PHONY: help setup setup-gpu pretrain data test test-fast lint tensorboard clean-runs bench-kernels gpu-check bench-data compare bench-model scurve
 
 help:  ## this list
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 	@echo "  variables: CONFIG=$(CONFIG) OVERRIDES=\"key=value ...\" LAUNCHER=local|slurm NODES=N"
 
-setup:  ## create/refresh .venv (pinned torch, megatron-core, deepspeed, ...); no-op when up to date
+setup:  ## create/refresh .venv (pinned torch, megatron-core, deepspeed, ..., this package); no-op when up to date
 	@bash scripts/setup_venv.sh
 
+setup-gpu: setup  ## add the optional GPU extras (Liger-Kernel, Transformer Engine; needs CUDA and its toolkit)
+	$(PY) -m pip install --no-build-isolation -r requirements/gpu.txt
+
 pretrain: setup data  ## prepare data and train CONFIG (default tiny_dyt) with OVERRIDES
-	$(PY) -m launch $(CONFIG) $(OVERRIDES) $(LAUNCH_FLAGS)
+	$(BIN)/dyt-pretrain $(CONFIG) $(OVERRIDES) $(LAUNCH_FLAGS)
 
 data: setup  ## build CONFIG's data (tokenizer + .bin/.idx shards + manifest); no-op when up to date
-	$(PY) -m data_prep --config $(CONFIG) $(OVERRIDE_FLAGS)
+	$(BIN)/dyt-data --config $(CONFIG) $(OVERRIDE_FLAGS)
 
 test: setup  ## the full test suite (what CI runs)
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -35,17 +44,17 @@ test-fast: setup  ## the suite without the slow multi-process tests
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: setup  ## ruff
-	$(VENV)/bin/ruff check .
+	$(BIN)/ruff check .
 
 compare: CONFIG = compare/tiny
 compare: setup  ## train a compare config's variants × seeds (finished runs reused); report in reports/<name>/
-	$(PY) -m pipeline.evaluation compare $(CONFIG) $(if $(LAUNCHER),--launcher $(LAUNCHER))
+	$(BIN)/dyt-eval compare $(CONFIG) $(if $(LAUNCHER),--launcher $(LAUNCHER))
 
 bench-model: setup data  ## wall-clock of the norm layers alone and the whole model per norm, at CONFIG's shapes
-	$(PY) -m pipeline.evaluation bench $(CONFIG) $(OVERRIDES)
+	$(BIN)/dyt-eval bench $(CONFIG) $(OVERRIDES)
 
 scurve: setup  ## S-curves of a LayerNorm/RMSNorm run, or α over training of a DyT run (RUN=<run dir>)
-	$(PY) -m pipeline.evaluation scurve $(RUN)
+	$(BIN)/dyt-eval scurve $(RUN)
 
 bench-kernels: setup  ## DyT kernel benchmark (GPU: ours/eager/compile/Liger/TE RMSNorm; CPU: eager vs compile)
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) benchmarks/bench_kernels.py $(BENCH_ARGS)
@@ -57,7 +66,7 @@ bench-data: setup  ## data prep throughput: data_prep workers vs a single-proces
 	$(PY) benchmarks/bench_data.py $(BENCH_ARGS)
 
 tensorboard: setup  ## TensorBoard over every run in runs/
-	$(VENV)/bin/tensorboard --logdir runs --port $${PORT:-6006}
+	$(BIN)/tensorboard --logdir runs --port $${PORT:-6006}
 
 clean-runs:  ## delete runs/ (checkpoints, logs)
 	rm -rf runs

@@ -17,13 +17,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeline.config import ConfigError, load_config, save_config
+from pipeline.config import ConfigError, add_config_dirs, load_config, save_config
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m launch", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("config", help="run config: a name under configs/ (tiny_dyt) or a YAML path")
+    ap.add_argument("config", help="run config: a YAML path, or a name under --config-dir or the shipped "
+                    "configs/ (tiny_dyt)")
     ap.add_argument("overrides", nargs="*", help="key.sub=value, e.g. train.steps=50 parallel.tp=2")
     ap.add_argument("--launcher", choices=["local", "slurm"], help="default: launch.launcher from the config")
     ap.add_argument("--nodes", type=int, help="override launch.nodes")
@@ -33,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
                     help='one run of a job array: "[CONFIG] key=value ..." (repeat for more runs)')
     ap.add_argument("--sweep-file", metavar="FILE", help="one sweep ENTRY per line (# comments allowed)")
     ap.add_argument("--max-parallel", type=int, metavar="N", help="run at most N array tasks at once")
+    ap.add_argument("--config-dir", action="append", default=[], metavar="DIR",
+                    help="look config names (and `defaults`) up here before the shipped configs (repeatable)")
     args = ap.parse_intermixed_args(argv)  # flags may come before or after the overrides
     overrides = list(args.overrides)
     if args.launcher:
@@ -40,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.nodes:
         overrides.append(f"launch.nodes={args.nodes}")
     try:
+        add_config_dirs(args.config_dir)
         return _launch(args, overrides)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)

@@ -9,7 +9,6 @@ config.yaml (fully resolved), tensorboard/, checkpoints/, status.json, run.lock 
 import argparse
 import logging
 import math
-import os
 import signal
 import sys
 import time
@@ -28,10 +27,6 @@ from pipeline.run_lock import TOKEN_ENV, RunLock, RunLocked
 from pipeline.run_status import FINISHED_OK, write_status
 
 log = logging.getLogger("pipeline")
-
-
-# Test hook: die right after this step without saving (exercises crash → resume from the last checkpoint).
-FAIL_AT_STEP = int(os.environ.get("DYT_FAIL_AT_STEP", "0"))
 
 
 class NonFiniteLoss(RuntimeError):
@@ -137,8 +132,6 @@ def train(cfg: RunConfig, progress: dict) -> str:
         if stop.requested(rt.device):
             state = "preempted"
             break
-        if step == FAIL_AT_STEP:
-            raise SystemExit(f"DYT_FAIL_AT_STEP: crashing after step {step} without saving (test hook)")
         if cfg.checkpoint.save_interval and step % cfg.checkpoint.save_interval == 0 and step != t.steps:
             save(step, last_loss)
 

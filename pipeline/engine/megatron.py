@@ -26,7 +26,7 @@ from pipeline.model import build_model, norm_sites, transformer_config
 from pipeline.process import die_with_parent
 from pipeline.runtime import Runtime
 
-from .base import StepResult, causal_mask, nan_injection_steps, no_gather, per_token_loss
+from .base import StepResult, causal_mask, no_gather, per_token_loss
 from .optim import build_scheduler, optimizer_config, weight_decay_overrides
 
 log = logging.getLogger(__name__)
@@ -115,24 +115,20 @@ class MegatronEngine:
             sync = [m.start_param_sync for m in self.model]
             self.config.param_sync_func = sync[0] if len(sync) == 1 else sync
         self._mask = causal_mask(cfg.model.seq_length, runtime.device)
-        self._nan_steps = nan_injection_steps()
-        self._step = 0
         _start_writer_queue()
 
     # -- one step -----------------------------------------------------------------------------------
-    def _forward_step(self, data_iterator, model, inject_nan: bool = False):
+    def _forward_step(self, data_iterator, model):
         batch = next(data_iterator)
         dev = self.rt.device
         output = model(batch["tokens"].to(dev), batch["position_ids"].to(dev), self._mask,
                        labels=batch["labels"].to(dev))
-        if inject_nan:
-            output = output * float("nan")
         return output, functools.partial(_loss_func, batch["loss_mask"].to(dev))
 
-    def _run(self, microbatches: list[dict], forward_only: bool, inject_nan: bool = False) -> tuple[float, int]:
+    def _run(self, microbatches: list[dict], forward_only: bool) -> tuple[float, int]:
         iters = [iter(microbatches) for _ in self.model]
         reports = get_forward_backward_func()(
-            forward_step_func=functools.partial(self._forward_step, inject_nan=inject_nan),
+            forward_step_func=self._forward_step,
             data_iterator=iters if len(iters) > 1 else iters[0],
             model=self.model if len(self.model) > 1 else self.model[0],
             num_microbatches=len(microbatches),
@@ -156,9 +152,8 @@ class MegatronEngine:
         for m in self.model:
             m.zero_grad_buffer()
         self.optimizer.zero_grad()
-        loss, tokens = self._run(microbatches, forward_only=False, inject_nan=self._step in self._nan_steps)
+        loss, tokens = self._run(microbatches, forward_only=False)
         lr = self.optimizer.param_groups[0]["lr"]
-        self._step += 1
         if not torch.isfinite(torch.tensor(loss)):
             # Never apply an update computed from a non-finite loss; the loop decides skip vs stop.
             for m in self.model:
@@ -256,8 +251,7 @@ class MegatronEngine:
                         "optimizer state starts fresh", directory, saved_layout, self.layout())
         common = dist_checkpointing.load_common_state_dict(str(directory))
         self.scheduler.load_state_dict(common["scheduler"])
-        self._step = int(common["step"])
-        return self._step
+        return int(common["step"])
 
     def load_weights(self, directory: Path) -> None:
         self._load_model(dist_checkpointing.load(self._model_state(), str(directory)))

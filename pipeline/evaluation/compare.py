@@ -237,8 +237,9 @@ def analyze(cc: CompareConfig, runs: list[RunResult]) -> tuple[dict, dict]:
 
 
 def norm_analysis(cc: CompareConfig, runs: list[RunResult], out_dir: Path, quiet: bool) -> dict:
-    """S-curves for each LN/RMSNorm variant and α curves for each DyT-like one, on the first seed's run,
-    each in its own process (`python -m pipeline.evaluation scurve`) like any evaluation job."""
+    """Each variant's norm analysed as its registration says (S-curves, α curves, or a note saying what was
+    not analysed), on the first seed's run, each in its own process (`python -m pipeline.evaluation scurve`)
+    like any evaluation job."""
     out = {}
     for v in cc.variants:
         run = next(r for r in runs if r.label == v.label and r.seed == cc.seeds[0])

@@ -15,6 +15,7 @@ import psutil
 import pytest
 
 from pipeline.run_lock import LOCK
+from tests.faults import fault_env
 from tests.helpers import REPO, launch, scalars
 
 FAST = ["model.num_layers=2", "train.log_interval=1", "train.eval_interval=0", "schedule.warmup_steps=1"]
@@ -160,8 +161,8 @@ def test_warmup_not_below_steps_is_a_config_error():
 
 def test_a_crash_records_failed_with_the_error(tmp_path, pydocs_manifest):
     out = launch("tiny_rmsnorm", [*FAST, "train.steps=5", f"output_dir={tmp_path}", f"data.manifest={pydocs_manifest}",
-                                  "name=r"], env={"DYT_FAIL_AT_STEP": "2"}, check=False)
+                                  "name=r"], env=fault_env(crash_after_step=2), check=False)
     assert out.returncode == 1
     st = status(tmp_path / "r")
-    assert st["state"] == "failed" and st["step"] == 2 and st["error"] == "SystemExit", st
-    assert "DYT_FAIL_AT_STEP" in st["message"]
+    assert st["state"] == "failed" and st["step"] == 1 and st["error"] == "SystemExit", st  # step 2 never finished
+    assert "crash_after_step=2" in st["message"]
