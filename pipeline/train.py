@@ -9,6 +9,7 @@ config.yaml (fully resolved), tensorboard/, checkpoints/, status.json, run.lock 
 import argparse
 import logging
 import math
+import os
 import signal
 import sys
 import time
