@@ -111,10 +111,14 @@ def gate_table(gate: dict) -> list[str]:
     return lines
 
 
+def status(result: dict) -> str:
+    return "incomplete (errors)" if result["errors"] else "complete"
+
+
 def markdown(result: dict, baselines: tuple[str, ...]) -> str:
-    status = f"**PARTIAL: {result['partial_reason']}**" if result["partial"] else "complete"
+    state = f"**PARTIAL: {result['partial_reason']}**" if result["partial"] else status(result)
     lines = [f"# End-to-end training step, DyT vs RMSNorm: {result['device']['name']}", "",
-             f"Command: `{result['command']}`  ", f"Date: {result['date']}; {result['seconds']:.0f} s; {status}  ",
+             f"Command: `{result['command']}`  ", f"Date: {result['date']}; {result['seconds']:.0f} s; {state}  ",
              f"Versions: {result['versions']}  ", f"Device: {result['device']}  ",
              f"Dense bf16 peak: {_f(result['peak_tflops'], '.0f')} TFLOP/s (datasheet); measured bf16 GEMM "
              f"({result['gemm']['n']}³): {_f(result['gemm']['tflops'], '.1f')} TFLOP/s",
@@ -124,6 +128,8 @@ def markdown(result: dict, baselines: tuple[str, ...]) -> str:
         lines += ["", *shape_table(name, shape, baselines), *profile_table(shape)]
     for name, reason in result["skipped_shapes"].items():
         lines += ["", f"### {name}: not run ({reason})"]
+    if result["errors"]:
+        lines += ["", "## Errors", "", *(f"```\n{e}\n```" for e in result["errors"])]
     return "\n".join(lines) + "\n"
 
 
@@ -142,6 +148,7 @@ def compact(result: dict, baselines: tuple[str, ...]) -> str:
             lines.append(f"{name:5s} {label:17s} {s['tokens_per_s']:10,.0f} {_f(s['mfu_peak'], '9.1%')} "
                          f"{_f(s['mfu_gemm'], '9.1%')} {_f(vb and vb['ratio'], '17.3f')}× "
                          f"{_f(vbest and vbest['ratio'], '14.3f')}×")
-    state = f"PARTIAL ({result['partial_reason']})" if result["partial"] else "complete"
+    state = f"PARTIAL ({result['partial_reason']})" if result["partial"] else status(result)
     gate = {True: "PASS", False: "FAIL", None: "not run"}[result["gate"]["ok"]]
-    return "\n".join([*lines, f"result: {state}; correctness gate: {gate}"])
+    errors = f"; {len(result['errors'])} error(s), see the .md" if result["errors"] else ""
+    return "\n".join([*lines, f"result: {state}; correctness gate: {gate}{errors}"])

@@ -34,6 +34,8 @@ import platform  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+import traceback  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 if "--dry-run" in sys.argv:  # before pipeline.kernels.dyt_triton defines its kernels
@@ -212,37 +214,73 @@ def timed_block(b: em.Built, batch: dict, n: int, device: torch.device, row: dic
         row["step_peak_gb"] = max(row.get("step_peak_gb") or 0.0, (peak - base) / 2**30)
 
 
+_FAILED = object()
+
+
+def attempt(what: str, fn: Callable[[], object], result: dict, row: dict | None = None) -> object:
+    """fn(), or _FAILED after recording the exception (and, given `row`, that variant's status): one
+    variant's compile error or OOM must not cost the others their numbers."""
+    try:
+        return fn()
+    except Exception as e:
+        msg = f"{type(e).__name__}: {str(e).splitlines()[0][:240] if str(e) else ''}"
+        result["errors"].append(f"{what}: {msg}\n{traceback.format_exc()[-4000:]}")
+        say(f"ERROR in {what}: {msg}")
+        if row is not None:
+            row["status"] = f"error ({what}): {msg}"
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return _FAILED
+
+
+def check_gradients(b: em.Built, ref_b: em.Built | None, batch: dict, cache: dict, shape: str,
+                    result: dict) -> bool:
+    """b's weight gradients (identical weights, before any update) against its reference variant's (same
+    norm, plain layer, eager), or against b with every norm eager when that variant is not run.
+    Gradients see a wrong kernel or fusion anywhere in forward or backward; at initialisation the loss
+    barely does (layer outputs are small next to the residual stream)."""
+    got = em.matrix_grads(b, batch)
+    if ref_b is not None:
+        if ref_b.variant.label not in cache:
+            cache[ref_b.variant.label] = em.matrix_grads(ref_b, batch)
+        ref, against = cache[ref_b.variant.label], ref_b.variant.label
+    else:
+        with em.eager_norms(b):
+            ref, against = em.matrix_grads(b, batch), "itself with every norm eager"
+    err, where = em.grad_error(got, ref)
+    ok = math.isfinite(err) and err <= MODEL_RTOL
+    result["gate"]["model"][f"{shape} {b.variant.label}"] = {"against": against, "rel_error": err, "where": where,
+                                                              "tol": MODEL_RTOL, "ok": ok}
+    if not ok:
+        result["shapes"][shape]["variants"][b.variant.label]["status"] = (
+            f"refused: gradient of {where} differs from {against} by {err:.2e} (> {MODEL_RTOL})")
+    return ok
+
+
 def model_check(built: list[em.Built], batch: dict, shape: str, result: dict) -> list[em.Built]:
-    """Each variant's weight gradients (identical weights, before any update) against its reference
-    variant's (same norm, plain layer, eager), or against itself with every norm eager when that variant
-    is not run. Gradients see a wrong kernel or fusion anywhere in forward or backward; at initialisation
-    the loss barely does (layer outputs are small next to the residual stream). Returns those that pass."""
+    """check_gradients for every variant that has a reference or a non-eager norm; those that pass."""
+    rows = result["shapes"][shape]["variants"]
     by_label, cache, passed = {b.variant.label: b for b in built}, {}, []
     for b in built:
         ref_b = by_label.get(b.variant.reference)
         if ref_b is None and all(m.kernel == "eager" for m in em.norm_kernels(b)):
             passed.append(b)  # a reference itself: nothing to compare with
             continue
-        got = em.matrix_grads(b, batch)
-        if ref_b is not None:
-            if ref_b.variant.label not in cache:
-                cache[ref_b.variant.label] = em.matrix_grads(ref_b, batch)
-            ref, against = cache[ref_b.variant.label], ref_b.variant.label
-        else:
-            with em.eager_norms(b):
-                ref, against = em.matrix_grads(b, batch), "itself with every norm eager"
-        err, where = em.grad_error(got, ref)
-        ok = math.isfinite(err) and err <= MODEL_RTOL
-        result["gate"]["model"][f"{shape} {b.variant.label}"] = {"against": against, "rel_error": err, "where": where,
-                                                                  "tol": MODEL_RTOL, "ok": ok}
-        if ok:
+        ok = attempt(f"{shape} {b.variant.label} gradient check",
+                     lambda b=b, ref_b=ref_b: check_gradients(b, ref_b, batch, cache, shape, result), result,
+                     rows[b.variant.label])
+        if ok is True:
             passed.append(b)
-        else:
-            result["shapes"][shape]["variants"][b.variant.label]["status"] = (
-                f"refused: gradient of {where} differs from {against} by {err:.2e} (> {MODEL_RTOL})")
+    cache.clear()
     for b in built:
         b.optimizer.zero_grad(set_to_none=True)
     return passed
+
+
+def warm_up(b: em.Built, batch: dict, steps: int, device: torch.device) -> None:
+    for _ in range(steps):
+        em.train_step(b, batch)
+    sync(device)
 
 
 def run_shape(shape: str, layers: int, variants: list[em.Variant], refused: dict[str, str],
@@ -265,33 +303,40 @@ def run_shape(shape: str, layers: int, variants: list[em.Variant], refused: dict
     built = em.build_all(shape, layers, todo, device, a.dry_run)
     try:
         batch = em.random_batch(built[0].cfg, device)
-        built = model_check(built, batch, shape, result)
-        for b in built:
+        live = []
+        for b in model_check(built, batch, shape, result):
             say(f"{shape} warm-up {b.variant.label} ({a.warmup} steps)")
-            for _ in range(a.warmup):
-                em.train_step(b, batch)
-            sync(device)
-            rows[b.variant.label]["status"] = "warmed up"
+            row = rows[b.variant.label]
+            if attempt(f"{shape} {b.variant.label} warm-up", lambda b=b: warm_up(b, batch, a.warmup, device),
+                       result, row) is not _FAILED:
+                row["status"] = "warmed up"
+                live.append(b)
         for r in range(a.rounds):
-            order = built[r % len(built):] + built[:r % len(built)]
-            for b in order:
+            for b in live[r % len(live):] + live[:r % len(live)] if live else []:
                 if guard.soft_expired():
                     mark_partial(result, f"time budget: {shape} stopped in round {r + 1} of {a.rounds}")
                     return
-                timed_block(b, batch, a.steps_per_round, device, rows[b.variant.label])
-                rows[b.variant.label]["status"] = "timed"
+                row = rows[b.variant.label]
+                if attempt(f"{shape} {b.variant.label} timing", lambda b=b, row=row: timed_block(
+                        b, batch, a.steps_per_round, device, row), result, row) is _FAILED:
+                    live.remove(b)
+                    continue
+                row["status"] = "timed"
             say(f"{shape} round {r + 1}/{a.rounds}: " + ", ".join(
-                f"{b.variant.label} {1e3 * rows[b.variant.label]['rounds'][-1][-1]:.1f} ms" for b in built))
-        for b in built:
+                f"{b.variant.label} {1e3 * rows[b.variant.label]['rounds'][-1][-1]:.1f} ms" for b in live))
+        for b in live:
             if guard.soft_expired():
                 mark_partial(result, f"time budget: {shape} profiles skipped")
                 return
             say(f"{shape} profile {b.variant.label}")
-            rows[b.variant.label]["profile"] = e2e_profile.breakdown(
-                lambda b=b: em.train_step(b, batch), device, a.profile_steps)
+            profile = attempt(f"{shape} {b.variant.label} profile", lambda b=b: e2e_profile.breakdown(
+                lambda: em.train_step(b, batch), device, a.profile_steps), result)
+            if profile is not _FAILED:
+                rows[b.variant.label]["profile"] = profile
     finally:
         del built
         gc.collect()
+        torch._dynamo.reset()  # the next shape compiles for its own static shapes, as a real run would
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -349,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
               "device": info, "versions": versions(), "peak_tflops": peak,
               "gemm": {"n": None, "tflops": None}, "method": METHOD,
               "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()},
-              "gate": {"kernels": {}, "model": {}, "ok": None}, "shapes": {}, "skipped_shapes": {},
+              "gate": {"kernels": {}, "model": {}, "ok": None}, "shapes": {}, "skipped_shapes": {}, "errors": [],
               "partial": False, "partial_reason": None}
     say(f"gpu_e2e on {info['name']}; versions {result['versions']}; budget {a.budget_s:.0f} s")
     try:
@@ -373,9 +418,13 @@ def main(argv: list[str] | None = None) -> int:
                         mark_partial(result, result["skipped_shapes"][s])
                         continue
                     say(f"shape {s}: {layers[s]} layers")
-                    run_shape(s, layers[s], variants, refused, device, a, guard, result)
+                    attempt(f"shape {s}", lambda s=s: run_shape(s, layers[s], variants, refused, device, a, guard,
+                                                                 result), result)
             finally:
                 runtime.shutdown()
+    except Exception as e:  # whatever broke, what finished is still written
+        result["errors"].append(f"run: {type(e).__name__}: {e}\n{traceback.format_exc()[-4000:]}")
+        say(f"ERROR: {type(e).__name__}: {e}")
     except TimeUp:
         mark_partial(result, f"time budget of {a.budget_s:.0f} s reached (hard stop)")
         result["skipped_shapes"].update({s: "hard time limit" for s in a.shapes if s not in result["shapes"]})
@@ -388,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
         e2e_report.add_derived(shape, em.BASELINES, peak, result["gemm"]["tflops"])
     result["seconds"] = time.monotonic() - T0
     write(result, a.out, gpu_check.slug(info["name"]) if device.type == "cuda" else "dry-run-cpu")
-    return 0 if result["gate"]["ok"] is True and not result["partial"] else 1
+    return 0 if result["gate"]["ok"] is True and not result["partial"] and not result["errors"] else 1
 
 
 def write(result: dict, out: Path, tag: str) -> None:

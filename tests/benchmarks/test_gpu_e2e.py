@@ -56,9 +56,10 @@ def test_dry_run_times_every_variant_and_writes_every_section(tmp_path):
 PLANTED = """
 import sys
 sys.argv = ["gpu_e2e.py", "--dry-run", "--out", {out!r},
-            "--variants", "rmsnorm[torch],dyt[eager],dyt[triton+add],derf[triton]"]
+            "--variants", "rmsnorm[torch],rmsnorm[compile],dyt[eager],dyt[triton+add],derf[triton]"]
 sys.path.insert(0, "benchmarks")
-import gpu_e2e
+import gpu_e2e  # first: it switches the Triton interpreter on before anything imports triton
+import e2e_model
 from pipeline.kernels import add_dyt, dyt_triton, reference
 from pipeline.model import fused_residual_layer
 
@@ -68,6 +69,11 @@ def wrong_fusion(x, residual, alpha, weight, bias=None, *, kernel="auto"):
 
 fused_residual_layer.add_dyt = wrong_fusion
 dyt_triton.derf = lambda x, a, s, w, b=None: reference.derf_eager(x, a, s + 0.25, w, b)  # wrong shift
+
+def broken(self, x):
+    raise RuntimeError("planted compile failure")
+
+e2e_model.CompiledRMSNorm.forward = broken  # one variant's crash must not cost the others their numbers
 checks = iter(range(10**6))
 gpu_e2e.Guard.soft_expired = lambda self: next(checks) >= 3  # the time runs out as the 8b shape's 2nd round starts
 print("RC", gpu_e2e.main(sys.argv[1:]))
@@ -84,7 +90,9 @@ def test_wrong_kernel_and_wrong_fusion_get_no_speed_and_a_late_run_is_written_pa
     fusion = result["gate"]["model"]["8b dyt[triton+add]"]
     assert not fusion["ok"] and "mlp.linear_fc1" in fusion["where"]
     assert rows["dyt[triton+add]"]["status"].startswith("refused: gradient of")
-    for refused in ("derf[triton]", "dyt[triton+add]"):
+    assert rows["rmsnorm[compile]"]["status"].startswith("error (8b rmsnorm[compile] gradient check): RuntimeError")
+    assert len(result["errors"]) == 1 and "planted compile failure" in result["errors"][0]
+    for refused in ("derf[triton]", "dyt[triton+add]", "rmsnorm[compile]"):
         assert rows[refused]["rounds"] == [] and rows[refused]["summary"] is None
     # what finished is kept: round 1 of both remaining variants, 2 steps each
     assert [len(rows[v]["rounds"]) for v in ("rmsnorm[torch]", "dyt[eager]")] == [1, 1]
@@ -92,7 +100,7 @@ def test_wrong_kernel_and_wrong_fusion_get_no_speed_and_a_late_run_is_written_pa
     assert result["partial"] and result["partial_reason"] == "time budget: 8b stopped in round 2 of 2"
     assert result["skipped_shapes"] == {"70b": "time budget: not started"}
     assert "**PARTIAL: time budget: 8b stopped in round 2 of 2**" in md and "FAIL: no speed reported" in md
-    assert out.rstrip().splitlines()[-2].startswith("result: PARTIAL")
+    assert "## Errors" in md and out.rstrip().splitlines()[-2].startswith("result: PARTIAL")
 
 
 def test_hard_deadline_still_writes_a_partial_result(tmp_path):
