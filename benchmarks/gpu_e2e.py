@@ -88,11 +88,12 @@ class TimeUp(BaseException):
 
 
 class Guard:
-    """The global time budget. Timing stops once less than `reserve_s` is left (soft); at the deadline
-    itself an alarm raises TimeUp (hard). Either way the caller writes what finished."""
+    """The global time budget. Timing stops once less than `reserve_s` is left (soft); at the deadline an
+    alarm raises TimeUp (hard), and so does SIGTERM (an outer `timeout`). Either way the caller writes
+    what finished."""
 
     def __init__(self, budget_s: float, reserve_s: float) -> None:
-        self.budget_s, self.deadline, self.reserve_s = budget_s, T0 + budget_s, reserve_s
+        self.deadline, self.reserve_s = T0 + budget_s, reserve_s
 
     def left(self) -> float:
         return self.deadline - time.monotonic()
@@ -101,15 +102,18 @@ class Guard:
         return self.left() < self.reserve_s
 
     def __enter__(self) -> Guard:
-        def alarm(signum: int, frame: object) -> None:
-            raise TimeUp
+        def stop(signum: int, frame: object) -> None:
+            raise TimeUp("time budget reached (hard stop)" if signum == signal.SIGALRM else
+                         f"stopped by {signal.Signals(signum).name}")
 
-        signal.signal(signal.SIGALRM, alarm)
+        self._previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGALRM, signal.SIGTERM)}
         signal.setitimer(signal.ITIMER_REAL, max(self.left(), 1e-3))
         return self
 
     def __exit__(self, *exc: object) -> None:
         signal.setitimer(signal.ITIMER_REAL, 0)
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 def mark_partial(result: dict, reason: str) -> None:
@@ -425,9 +429,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # whatever broke, what finished is still written
         result["errors"].append(f"run: {type(e).__name__}: {e}\n{traceback.format_exc()[-4000:]}")
         say(f"ERROR: {type(e).__name__}: {e}")
-    except TimeUp:
-        mark_partial(result, f"time budget of {a.budget_s:.0f} s reached (hard stop)")
-        result["skipped_shapes"].update({s: "hard time limit" for s in a.shapes if s not in result["shapes"]})
+    except TimeUp as stop:
+        mark_partial(result, f"{stop} after {time.monotonic() - T0:.0f} s (budget {a.budget_s:.0f} s)")
+        result["skipped_shapes"].update({s: str(stop) for s in a.shapes if s not in result["shapes"]})
     checks = [*result["gate"]["kernels"].values(), *result["gate"]["model"].values()]
     if result["gate"]["ok"] is not None or checks:  # None: the time ran out before the kernel checks
         result["gate"]["ok"] = all(r["ok"] for r in checks)

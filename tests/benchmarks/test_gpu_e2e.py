@@ -109,9 +109,30 @@ def test_hard_deadline_still_writes_a_partial_result(tmp_path):
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 1, proc.stderr[-3000:]
     result, md = _outputs(tmp_path)
-    assert result["partial"] and "hard stop" in result["partial_reason"]
-    assert result["skipped_shapes"] == {"8b": "hard time limit", "70b": "hard time limit"}
+    assert result["partial"] and result["partial_reason"].startswith("time budget reached (hard stop) after")
+    assert result["skipped_shapes"] == dict.fromkeys(("8b", "70b"), "time budget reached (hard stop)")
     assert result["gate"]["ok"] is None and "correctness gate: not run" in proc.stdout
+
+
+def test_sigterm_from_an_outer_timeout_keeps_what_finished(tmp_path):
+    proc = subprocess.Popen([sys.executable, "benchmarks/gpu_e2e.py", "--dry-run", "--shapes", "8b", "--variants",
+                             "rmsnorm[torch],dyt[eager]", "--rounds", "50", "--out", str(tmp_path)],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        for line in proc.stdout:
+            if "8b round 2/50" in line:
+                proc.terminate()  # what `timeout` sends
+                break
+        rest = proc.communicate(timeout=120)[0]
+    finally:
+        proc.kill()
+    assert proc.returncode == 1
+    result, md = _outputs(tmp_path)
+    assert result["partial"] and result["partial_reason"].startswith("stopped by SIGTERM")
+    rows = result["shapes"]["8b"]["variants"]
+    assert all(len(rows[v]["rounds"]) >= 2 and rows[v]["summary"]["steps"] >= 4 for v in rows)
+    assert "**PARTIAL: stopped by SIGTERM" in md and "result: PARTIAL (stopped by SIGTERM" in rest
 
 
 @pytest.mark.parametrize("name, category", [
