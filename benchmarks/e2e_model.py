@@ -38,7 +38,7 @@ class Variant:
 
 
 VARIANTS = (
-    Variant("rmsnorm[torch]", "RMSNorm, torch's fused F.rms_norm (our RMSNorm module)", ("model.norm.type=rmsnorm",)),
+    Variant("rmsnorm[torch]", "RMSNorm, torch's F.rms_norm (our RMSNorm module)", ("model.norm.type=rmsnorm",)),
     Variant("rmsnorm[compile]", "RMSNorm, torch.compile'd F.rms_norm",
             ("model.norm.type=e2e_model:CompiledRMSNorm",), reference="rmsnorm[torch]"),
     Variant("dyt[eager]", "DyT, eager torch ops", ("model.norm.type=dyt", "model.norm.kernel=eager")),

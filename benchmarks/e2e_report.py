@@ -145,9 +145,9 @@ def compact(result: dict, baselines: tuple[str, ...]) -> str:
                 lines.append(f"{name:5s} {label:17s} {row['status']}")
                 continue
             vb, vbest = row.get("vs_baseline"), row.get("vs_best_baseline")
-            lines.append(f"{name:5s} {label:17s} {s['tokens_per_s']:10,.0f} {_f(s['mfu_peak'], '9.1%')} "
-                         f"{_f(s['mfu_gemm'], '9.1%')} {_f(vb and vb['ratio'], '17.3f')}× "
-                         f"{_f(vbest and vbest['ratio'], '14.3f')}×")
+            lines.append(f"{name:5s} {label:17s} {s['tokens_per_s']:10,.0f} {_f(s['mfu_peak'], '.1%'):>9s} "
+                         f"{_f(s['mfu_gemm'], '.1%'):>9s} {_f(vb and vb['ratio'], '.3f') + '×':>18s} "
+                         f"{_f(vbest and vbest['ratio'], '.3f') + '×':>15s}")
     state = f"PARTIAL ({result['partial_reason']})" if result["partial"] else status(result)
     gate = {True: "PASS", False: "FAIL", None: "not run"}[result["gate"]["ok"]]
     errors = f"; {len(result['errors'])} error(s), see the .md" if result["errors"] else ""
