@@ -1,5 +1,7 @@
-"""End-to-end GPU evidence in one command: DyT vs RMSNorm training-step time and MFU at LLaMA-3 8B / 70B
-layer shapes on one GPU (< 9 min on one H200 with the wheel install; procedure in benchmarks/README.md).
+"""End-to-end GPU evidence in one command: DyT vs RMSNorm training-step time and MFU at LLaMA-3 8B/70B layer shapes.
+
+One GPU; the time guard keeps it under 9 minutes on one H200 with the wheel install (the GPU-window
+procedure is in benchmarks/README.md).
 
 Each variant (e2e_model.VARIANTS) is the real megatron GPTModel from pipeline.model.build_model; a step is
 forward + loss, backward, grad-norm clipping and torch AdamW (fused=True).
