@@ -15,11 +15,15 @@ BIN := $(VENV)/bin
 # into the venv (editable). PYTHONPATH keeps this checkout's code first even when the venv's scripts were
 # installed from another checkout of the project.
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
+# GPU targets never install: the venv when there is one, else the machine's python3 (the GPU window,
+# where wheels from `make gpu-wheels` are installed first; benchmarks/README.md).
+GPU_PY ?= $(if $(wildcard $(VENV)/bin/python),$(PY),python3)
 
 LAUNCH_FLAGS := $(if $(LAUNCHER),--launcher $(LAUNCHER)) $(if $(NODES),--nodes $(NODES))
 OVERRIDE_FLAGS := $(foreach o,$(OVERRIDES),--override $(o))
 
-.PHONY: help setup setup-gpu pretrain data test test-fast lint tensorboard clean-runs bench-kernels gpu-check bench-data compare bench-model scurve
+.PHONY: help setup setup-gpu pretrain data test test-fast lint tensorboard clean-runs bench-kernels gpu-check gpu-bench gpu-wheels \
+	bench-data compare bench-model scurve
 
 help:  ## this list
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -59,8 +63,14 @@ scurve: setup  ## S-curves of a LayerNorm/RMSNorm run, or α over training of a 
 bench-kernels: setup  ## DyT kernel benchmark (GPU: ours/eager/compile/Liger/TE RMSNorm; CPU: eager vs compile)
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) benchmarks/bench_kernels.py $(BENCH_ARGS)
 
-gpu-check: setup  ## one-command GPU check of the kernels (< 8 min on one H200); writes benchmarks/results/kernels/
-	$(PY) benchmarks/gpu_check.py
+gpu-check:  ## one-command GPU check of the kernels (< 8 min on one H200); writes benchmarks/results/kernels/
+	$(GPU_PY) benchmarks/gpu_check.py
+
+gpu-bench:  ## end-to-end DyT vs RMSNorm step time + MFU at 8B/70B layer shapes (< 9 min, one GPU); BENCH_ARGS
+	$(GPU_PY) benchmarks/gpu_e2e.py $(BENCH_ARGS)
+
+gpu-wheels: setup  ## download the wheels the offline GPU machine lacks into .gpu-wheels/ (to carry there)
+	PYTHON=$(PY) bash scripts/gpu_wheels.sh
 
 bench-data: setup  ## data prep throughput: data_prep workers vs a single-process baseline (generated corpus)
 	$(PY) benchmarks/bench_data.py $(BENCH_ARGS)
