@@ -15,7 +15,7 @@ import torch.distributed as dist
 
 from pipeline.engine import Engine, StepResult
 from pipeline.model import flops_per_token
-from pipeline.norms import is_dyt_like
+from pipeline.norms import get_spec
 
 log = logging.getLogger("pipeline")
 
@@ -37,10 +37,11 @@ def memory_gb(device: torch.device) -> float:
     return psutil.Process().memory_info().rss / 2**30
 
 
-def norm_stats(engine: Engine) -> dict[str, float]:
-    """α and γ statistics per DyT-like norm site, gathered from every pipeline stage (collective)."""
+def norm_stats(engine: Engine, has_alpha: bool) -> dict[str, float]:
+    """α and γ statistics per norm site (for norms registered with `has_alpha`) and the embedding scalar,
+    gathered from every pipeline stage (collective)."""
     local: dict[str, float] = {}
-    sites = {site: norm for site, norm in engine.norm_sites().items() if is_dyt_like(norm)}
+    sites = engine.norm_sites() if has_alpha else {}
     scales = [s for s in (getattr(getattr(c, "embedding", None), "scale", None) for c in engine.modules)
               if s is not None]
     with engine.gathered([p for n in sites.values() for p in n.parameters()] + scales):
@@ -57,10 +58,11 @@ def norm_stats(engine: Engine) -> dict[str, float]:
 
 
 def _add(out: dict, key: str, norm: torch.nn.Module) -> None:
-    w = norm.weight.detach().float()
     out[f"alpha/{key}"] = float(norm.alpha.detach().float())
-    out[f"gamma_mean/{key}"] = float(w.mean())
-    out[f"gamma_std/{key}"] = float(w.std()) if w.numel() > 1 else 0.0
+    if isinstance(getattr(norm, "weight", None), torch.Tensor):  # γ is optional for a user norm
+        w = norm.weight.detach().float()
+        out[f"gamma_mean/{key}"] = float(w.mean())
+        out[f"gamma_std/{key}"] = float(w.std()) if w.numel() > 1 else 0.0
 
 
 class Monitor:
@@ -68,6 +70,7 @@ class Monitor:
         self.cfg, self.device, self.is_main = cfg, device, is_main
         self.flops_per_token = flops_per_token(cfg, vocab_size)
         self.peak = cfg.logging.peak_tflops or device_peak_tflops(device)
+        self.has_alpha = get_spec(cfg.model.norm.type).has_alpha
         self.writer = None
         if is_main and cfg.logging.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -101,7 +104,7 @@ class Monitor:
         tflops = self.flops_per_token * tokens / elapsed / world / 1e12
         mem = memory_gb(self.device)
         lr = self._window[-1].lr
-        stats = norm_stats(engine) if self.cfg.logging.norm_stats else {}
+        stats = norm_stats(engine, self.has_alpha) if self.cfg.logging.norm_stats else {}
         if self.is_main:
             for tag, v in (("train/loss", loss), ("train/lr", lr), ("train/grad_norm", grad),
                            ("train/tokens_per_s", tok_s), ("train/step_time_s", step_time),

@@ -9,25 +9,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 from data_prep.config import PrepareConfig
-
-
-@dataclass
-class AlphaInit:
-    """Initial DyT/Derf α per norm site (paper Table 12 gives attention vs the rest)."""
-
-    attention: float
-    mlp: float
-    final: float
+from pipeline.norms.recipe import AlphaInit
 
 
 @dataclass
 class NormConfig:
-    type: str = "rmsnorm"  # registry name (layernorm, rmsnorm, dyt, derf) or "pkg.module:Class"
+    type: str = "rmsnorm"  # registered name (layernorm, rmsnorm, dyt, derf, yours) or "pkg.module:Class"
     alpha_init: Literal["auto"] | AlphaInit = "auto"  # auto: paper table by width
     bias: bool = False  # β in DyT/Derf (the paper's LLM recipe has none)
     eps: float = 1e-5  # used by LayerNorm/RMSNorm only
     kernel: Literal["auto", "eager", "compile", "triton"] = "auto"  # auto: triton on CUDA, eager on CPU
-    fuse_residual_add: bool = False  # fused residual-add + DyT before the MLP (DyT only)
+    fuse_residual_add: bool = False  # fused residual-add + norm before the MLP (norms with a fused-add kernel: dyt)
     qk_norm: bool = False  # normalise queries/keys per head with the same norm type
     weight_decay: Literal["auto", "all", "none"] = "auto"  # on norm/scalar params; auto: all for DyT-like
 
@@ -103,7 +95,6 @@ class ScheduleConfig:
 class DataConfig:
     manifest: str = ""  # manifest.json written by data_prep; "" = <prepare.output_dir>/manifest.json
     prepare: PrepareConfig | None = None  # how `make data` builds the manifest
-    num_workers: int = 0  # DataLoader workers
 
     @property
     def manifest_path(self) -> Path:
@@ -137,6 +128,9 @@ class CheckpointConfig:
     # Weights only, at step 0, from any checkpoint (any parallel layout), or "hf:<folder>": a Hugging Face
     # LLaMA / LlamaDyT folder whose config and tokenizer match the run's.
     init_from: str | None = None
+    # Resuming this run dir with changed model/data keys or a new parallel layout is refused unless the
+    # keys (or prefixes such as "parallel") are listed here: see pipeline/config/rerun.py.
+    allow_config_change: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -166,12 +160,16 @@ class LaunchConfig:
     launcher: Literal["local", "slurm"] = "local"
     nodes: int = 1
     nproc_per_node: int = 1  # GPUs per node (processes per node on CPU)
+    shutdown_grace_s: int = 120  # after a signal, how long workers may take to save before they are killed
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
 
 @dataclass
 class RunConfig:
     name: str = "run"
+    # Modules imported before validation, e.g. ones that `@register_norm` your own norms (importable from
+    # the working directory or PYTHONPATH; torchtitan's `custom_imports`).
+    custom_imports: list[str] = field(default_factory=list)
     output_dir: str = "runs"  # the run lives in <output_dir>/<name>
     engine: Literal["megatron", "deepspeed"] = "megatron"  # see README "Choosing an engine"
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -1,14 +1,12 @@
 """Checks that need several keys at once (layouts, batch arithmetic). Each error names one key."""
 
-from .schema import RunConfig
+from pipeline.norms import AlphaInit, lookup, registered_norms
 
-BUILTIN_NORMS = ("layernorm", "rmsnorm", "dyt", "derf")
-DYT_LIKE = ("dyt", "derf")
+from .errors import ConfigError
+from .schema import NormConfig, RunConfig
 
 
 def _fail(key: str, msg: str) -> None:
-    from .loader import ConfigError
-
     raise ConfigError(f"{key}: {msg}")
 
 
@@ -61,20 +59,16 @@ def validate(cfg: RunConfig) -> None:
     if p.overlap_param_gather and not p.distributed_optimizer:
         _fail("parallel.overlap_param_gather", "needs parallel.distributed_optimizer: true")
 
-    n = m.norm
-    if n.type not in BUILTIN_NORMS and ":" not in n.type:
-        _fail("model.norm.type", f"unknown norm {n.type!r}: use one of {', '.join(BUILTIN_NORMS)} "
-              "or an import path 'package.module:Class'")
-    if n.fuse_residual_add and n.type != "dyt":
-        _fail("model.norm.fuse_residual_add", f"fused residual-add is implemented for dyt, not {n.type!r}")
+    _validate_norm(m.norm)
     if m.output_init_std is not None and not m.untie_embeddings:
         _fail("model.output_init_std", "needs model.untie_embeddings: true (a tied head is the embedding)")
     if m.dropout < 0 or m.dropout >= 1:
         _fail("model.dropout", f"must be in [0, 1), got {m.dropout}")
 
     s, o = cfg.schedule, cfg.optimizer
-    if s.warmup_steps < 0 or s.warmup_steps > t.steps:
-        _fail("schedule.warmup_steps", f"must be in [0, train.steps={t.steps}], got {s.warmup_steps}")
+    if s.warmup_steps < 0 or s.warmup_steps >= t.steps:
+        _fail("schedule.warmup_steps", f"must be >= 0 and below train.steps={t.steps} (the LR decays over the "
+              f"steps after warmup), got {s.warmup_steps}; e.g. schedule.warmup_steps={max(t.steps // 10, 0)}")
     if not 0 < s.wsd_decay_fraction <= 1:
         _fail("schedule.wsd_decay_fraction", f"must be in (0, 1], got {s.wsd_decay_fraction}")
     if o.lr <= 0 or o.min_lr < 0 or o.min_lr > o.lr:
@@ -88,6 +82,23 @@ def validate(cfg: RunConfig) -> None:
         _validate_deepspeed(cfg)
     if not cfg.data.manifest and cfg.data.prepare is None:
         _fail("data", "set data.manifest or a data.prepare section")
+
+
+def _validate_norm(n: NormConfig) -> None:
+    """Against the norm's registered traits; a "pkg.module:Class" norm is checked when the model imports it
+    (importing it here would import torch)."""
+    if ":" in n.type:
+        return
+    spec = lookup(n.type)
+    if spec is None:
+        _fail("model.norm.type", f"unknown norm {n.type!r}: use one of {', '.join(registered_norms())}, an "
+              "import path 'package.module:Class', or list the module that registers it in custom_imports")
+    if n.fuse_residual_add and spec.fused_add_op is None:
+        fusable = [name for name in registered_norms() if lookup(name).fused_add_op]
+        _fail("model.norm.fuse_residual_add", f"no fused residual-add kernel for {n.type!r} "
+              f"(norms with one: {', '.join(fusable)})")
+    if isinstance(n.alpha_init, AlphaInit) and not spec.has_alpha:
+        _fail("model.norm.alpha_init", f"{n.type!r} has no α (set it for a norm registered with has_alpha)")
 
 
 def _validate_deepspeed(cfg: RunConfig) -> None:

@@ -77,11 +77,3 @@ def per_token_loss(losses: torch.Tensor, loss_mask: torch.Tensor) -> tuple[torch
 def causal_mask(seq_length: int, device: torch.device) -> torch.Tensor:
     """True = masked. Passed explicitly: megatron's default mask is built on 'cuda'."""
     return torch.triu(torch.ones(seq_length, seq_length, dtype=torch.bool, device=device), 1)[None, None]
-
-
-def nan_injection_steps() -> set[int]:
-    """Test hook (DYT_INJECT_NAN_STEPS=2,5): 0-based engine steps whose loss is made NaN, to exercise
-    train.nan_policy identically in every engine."""
-    import os
-
-    return {int(s) for s in os.environ.get("DYT_INJECT_NAN_STEPS", "").split(",") if s.strip()}

@@ -23,7 +23,7 @@ from pipeline.config.schema import RunConfig
 from pipeline.model import build_model, norm_sites, transformer_config
 from pipeline.runtime import Runtime
 
-from .base import StepResult, causal_mask, nan_injection_steps, per_token_loss
+from .base import StepResult, causal_mask, per_token_loss
 from .optim import build_scheduler, optimizer_config, weight_decay_overrides
 
 log = logging.getLogger(__name__)
@@ -122,15 +122,11 @@ class DeepSpeedEngine:
         self.scheduler = build_scheduler(self.optimizer, cfg)
         self._client = client
         self._mask = causal_mask(cfg.model.seq_length, runtime.device)
-        self._nan_steps = nan_injection_steps()
-        self._step = 0
 
     # -- one step -----------------------------------------------------------------------------------
     def _forward(self, mb: dict) -> tuple[torch.Tensor, torch.Tensor]:
         dev = self.rt.device
         losses = self.ds(mb["tokens"].to(dev), mb["position_ids"].to(dev), self._mask, labels=mb["labels"].to(dev))
-        if self._step in self._nan_steps and self.ds.training:
-            losses = losses * float("nan")
         return per_token_loss(losses, mb["loss_mask"].to(dev))
 
     def _dp_sum(self, values: list[float]) -> torch.Tensor:
@@ -154,7 +150,6 @@ class DeepSpeedEngine:
                 mean = (self._dp_sum([loss_sum])[0] / tokens).item()
                 self._client.skip_next = not torch.isfinite(torch.tensor(mean)).item()
             self.ds.step()
-        self._step += 1
         if self._client.skip_next:
             return StepResult(loss=mean, grad_norm=float("nan"), lr=lr, tokens=tokens, skipped=True)
         self.scheduler.step(increment=1)
@@ -232,8 +227,7 @@ class DeepSpeedEngine:
             log.warning("checkpoint %s was saved with %s; now %s: resumed through DeepSpeed's universal "
                         "checkpoint (weights, optimizer state, schedule; RNG streams restart from the seed)",
                         directory, saved_layout, self.layout())
-        self._step = int(client["step"])
-        return self._step
+        return int(client["step"])
 
     def _to_universal(self, directory: Path, saved_layout: dict) -> Path:
         """DeepSpeed's `ds_to_universal` conversion (once per checkpoint, cached in the run's cache dir)."""

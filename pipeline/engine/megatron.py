@@ -25,9 +25,10 @@ from megatron.core.transformer.module import Float16Module
 from pipeline import cpu_compat
 from pipeline.config.schema import RunConfig
 from pipeline.model import build_model, norm_sites, transformer_config
+from pipeline.process import die_with_parent
 from pipeline.runtime import Runtime
 
-from .base import StepResult, causal_mask, nan_injection_steps, no_gather, per_token_loss
+from .base import StepResult, causal_mask, no_gather, per_token_loss
 from .optim import build_scheduler, optimizer_config, weight_decay_overrides
 
 log = logging.getLogger(__name__)
@@ -39,18 +40,30 @@ def _loss_func(loss_mask: torch.Tensor, output: torch.Tensor):
     return loss, count.to(torch.int), {"lm loss": torch.stack([loss.detach(), count])}
 
 
-def _start_writer_queue() -> None:
-    """dist_checkpointing reports writes through a Manager process that lives as long as training.
-    SLURM signals every process of a job step on preemption; started with SIGTERM/SIGUSR1 ignored (SIG_IGN
-    survives exec) it outlives the signal, so the preemption checkpoint can still be written."""
-    from megatron.core.dist_checkpointing.strategies.filesystem_async import get_write_results_queue
+_writer_managers: list = []
 
-    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGTERM, signal.SIGUSR1)}
-    try:
-        get_write_results_queue(cpu_compat.checkpoint_queue_start_method())
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
+
+def _writer_queue_process_init() -> None:
+    # SLURM signals every process of a job step on preemption: ignoring SIGTERM/SIGUSR1 keeps this process
+    # alive for the preemption checkpoint; it dies with its worker instead (even a SIGKILLed one).
+    for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+        signal.signal(s, signal.SIG_IGN)
+    die_with_parent(signal.SIGKILL)
+
+
+def _start_writer_queue() -> None:
+    """dist_checkpointing reports writes through a Manager process that lives as long as training. We start
+    it ourselves (megatron's `get_write_results_queue` takes no initializer) and hand megatron its queue."""
+    from multiprocessing import get_context
+    from multiprocessing.managers import SyncManager
+
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    if filesystem_async._results_queue is None:
+        manager = SyncManager(ctx=get_context(cpu_compat.checkpoint_queue_start_method()))
+        manager.start(initializer=_writer_queue_process_init)
+        filesystem_async._results_queue = manager.Queue()
+        _writer_managers.append(manager)  # a Manager shuts down when garbage-collected
 
 
 def _check_same_model(directory: Path, template: dict) -> None:
@@ -116,24 +129,20 @@ class MegatronEngine:
             sync = [m.start_param_sync for m in self.model]
             self.config.param_sync_func = sync[0] if len(sync) == 1 else sync
         self._mask = causal_mask(cfg.model.seq_length, runtime.device)
-        self._nan_steps = nan_injection_steps()
-        self._step = 0
         _start_writer_queue()
 
     # -- one step -----------------------------------------------------------------------------------
-    def _forward_step(self, data_iterator, model, inject_nan: bool = False):
+    def _forward_step(self, data_iterator, model):
         batch = next(data_iterator)
         dev = self.rt.device
         output = model(batch["tokens"].to(dev), batch["position_ids"].to(dev), self._mask,
                        labels=batch["labels"].to(dev))
-        if inject_nan:
-            output = output * float("nan")
         return output, functools.partial(_loss_func, batch["loss_mask"].to(dev))
 
-    def _run(self, microbatches: list[dict], forward_only: bool, inject_nan: bool = False) -> tuple[float, int]:
+    def _run(self, microbatches: list[dict], forward_only: bool) -> tuple[float, int]:
         iters = [iter(microbatches) for _ in self.model]
         reports = get_forward_backward_func()(
-            forward_step_func=functools.partial(self._forward_step, inject_nan=inject_nan),
+            forward_step_func=self._forward_step,
             data_iterator=iters if len(iters) > 1 else iters[0],
             model=self.model if len(self.model) > 1 else self.model[0],
             num_microbatches=len(microbatches),
@@ -157,9 +166,8 @@ class MegatronEngine:
         for m in self.model:
             m.zero_grad_buffer()
         self.optimizer.zero_grad()
-        loss, tokens = self._run(microbatches, forward_only=False, inject_nan=self._step in self._nan_steps)
+        loss, tokens = self._run(microbatches, forward_only=False)
         lr = self.optimizer.param_groups[0]["lr"]
-        self._step += 1
         if not torch.isfinite(torch.tensor(loss)):
             # Never apply an update computed from a non-finite loss; the loop decides skip vs stop.
             for m in self.model:
@@ -254,8 +262,7 @@ class MegatronEngine:
                         "optimizer state starts fresh", directory, saved_layout, self.layout())
         common = dist_checkpointing.load_common_state_dict(str(directory))
         self.scheduler.load_state_dict(common["scheduler"])
-        self._step = int(common["step"])
-        return self._step
+        return int(common["step"])
 
     def load_weights(self, directory: Path) -> None:
         template = self._model_state()

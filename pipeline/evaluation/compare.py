@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from pipeline.config import ConfigError, RunConfig, load_config, to_dict
+from pipeline.config.rerun import config_diff
 from pipeline.evaluation import plots, report
 from pipeline.evaluation.common import child_env
 from pipeline.evaluation.events import Curve, read_scalars
@@ -81,14 +82,6 @@ class RunResult:
     curves: dict[str, Curve] = field(default_factory=dict)
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        out.update(_flatten(v, key + ".") if isinstance(v, dict) else {key: v})
-    return out
-
-
 def _get(cfg: RunConfig, dotted: str):
     node = to_dict(cfg)
     for part in dotted.split("."):
@@ -122,9 +115,7 @@ def plan(cc: CompareConfig, launcher: str | None = None) -> list[RunPlan]:
 
 
 def _config_diff(saved: dict, wanted: dict) -> list[str]:
-    a, b = _flatten(saved), _flatten(wanted)
-    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and not k.startswith(REUSE_IGNORED))
-    return [f"{k}: {a.get(k)!r} → {b.get(k)!r}" for k in keys]
+    return [f"{k}: {old!r} → {new!r}" for k, old, new in config_diff(saved, wanted, REUSE_IGNORED)]
 
 
 def read_status(run_dir: Path) -> dict:
@@ -246,8 +237,9 @@ def analyze(cc: CompareConfig, runs: list[RunResult]) -> tuple[dict, dict]:
 
 
 def norm_analysis(cc: CompareConfig, runs: list[RunResult], out_dir: Path, quiet: bool) -> dict:
-    """S-curves for each LN/RMSNorm variant and α curves for each DyT-like one, on the first seed's run,
-    each in its own process (`python -m pipeline.evaluation scurve`) like any evaluation job."""
+    """Each variant's norm analysed as its registration says (S-curves, α curves, or a note saying what was
+    not analysed), on the first seed's run, each in its own process (`python -m pipeline.evaluation scurve`)
+    like any evaluation job."""
     out = {}
     for v in cc.variants:
         run = next(r for r in runs if r.label == v.label and r.seed == cc.seeds[0])

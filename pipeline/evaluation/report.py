@@ -81,19 +81,21 @@ def norms_section(data: dict, prefix: str = "") -> list[str]:
                      [[r["site"], num(r["alpha"], 3), num(r["scale"], 3), num(r["r2_tanh"]),
                        num(r["r2_linear"]), num(r["x_std"], 3), num(r["x_absmax"], 2),
                        num(r["alpha_x_absmax"], 2)] for r in data["sites"]])]
-    else:
+    elif data["kind"] == "alpha":
         emb = data.get("embedding_scale")
         emb_text = f"; embedding scalar {num(emb['init'], 2)} → {num(emb['final'], 2)}" if emb else ""
         out = [f"{data['norm']} run `{data['name']}`: α per site over training (TensorBoard "
-               f"`norm/alpha/...`; step 0 is the recipe's α₀){emb_text}.", "",
+               f"`norm/alpha/...`; step 0, where shown, is the recipe's α₀){emb_text}.", "",
                table(["site", "α₀ (recipe)", "final α", "min", "max"],
                      [[r["site"], num(r["alpha_init"], 3), num(r["alpha_final"], 3), num(r["alpha_min"], 3),
                        num(r["alpha_max"], 3)] for r in data["sites"]])]
+    else:
+        out = [f"{data['norm']} run `{data['name']}`: **not analysed**: {data['reason']}."]
     return out + [""] + [f"![{f}]({prefix}{f})" for f in data["figures"]]
 
 
 def render_norms(data: dict) -> str:
-    title = "S-curves" if data["kind"] == "scurve" else "DyT α over training"
+    title = {"scurve": "S-curves", "alpha": "α over training", "none": "Norm analysis"}[data["kind"]]
     return "\n".join([f"# {title}: {data['name']}", "", *norms_section(data), "",
                       f"Command: `{data['command']}`", ""])
 
@@ -221,26 +223,34 @@ def _ratio(a: dict, b: dict, digits: int = 2) -> str:
     return f"{num(a['median_ms'] / b['median_ms'], digits)}×"
 
 
+def _against(rows: list[dict], base: dict) -> str:
+    """"`a[x]` 1.23×, `b[y]` 0.98×": the fastest row of each other norm relative to `base`."""
+    fastest = [_fastest(rows, n) for n in dict.fromkeys(r["norm"] for r in rows if r["norm"] != base["norm"])]
+    return ", ".join(f"`{f['label']}` {_ratio(f, base)}" for f in fastest)
+
+
 def bench_verdict(data: dict) -> str:
     layer = data["layer"]
+    base_norm = next((r["norm"] for r in layer["forward"] if r["label"] == layer["baseline"]), None)
     found = []
     for passname, rows in (("forward", layer["forward"]), ("forward+backward", layer["forward_backward"])):
-        dyt, rms = _fastest(rows, "dyt"), _fastest(rows, "rmsnorm")
-        if dyt and rms:
-            found.append(f"layer {passname}: the fastest DyT (`{dyt['label']}`, "
-                         f"{num(dyt['median_ms'], 3)} ms) takes {_ratio(dyt, rms)} the time of the fastest "
-                         f"RMSNorm (`{rms['label']}`, {num(rms['median_ms'], 3)} ms)")
-        de, re_ = _row(rows, "dyt[eager]"), _row(rows, "rmsnorm[eager]")
-        if de and re_:
-            found.append(f"unfused against unfused as in the paper's Table 7, `dyt[eager]` takes "
-                         f"{_ratio(de, re_)} `rmsnorm[eager]`'s time ({passname})")
+        base = _fastest(rows, base_norm)
+        if base and len({r["norm"] for r in rows}) > 1:
+            found.append(f"layer {passname}, the fastest of each norm against the fastest {base_norm} "
+                         f"(`{base['label']}`, {num(base['median_ms'], 3)} ms): {_against(rows, base)}")
+        unfused = _row(rows, f"{base_norm}[eager]")
+        eager = [r for r in rows if r["impl"] == "eager" and r["norm"] != base_norm]
+        if unfused and eager:
+            found.append(f"unfused against unfused as in the paper's Table 7 ({passname}), against "
+                         f"`{unfused['label']}`: " + ", ".join(f"`{r['label']}` {_ratio(r, unfused)}"
+                                                            for r in eager))
     if "model" in data:
         for passname, key in (("inference forward", "forward"), ("training step", "train_step")):
             rows = data["model"][key]
-            dyt, base = _fastest(rows, "dyt"), _row(rows, data["model"]["baseline"])
-            if dyt and base:
-                found.append(f"whole-model {passname}: the fastest DyT model (`{dyt['label']}`) takes "
-                             f"{_ratio(dyt, base, 3)} the `{base['label']}` model's time")
+            base = _row(rows, data["model"]["baseline"])
+            if base and len({r["norm"] for r in rows}) > 1:
+                found.append(f"whole-model {passname} against the `{base['label']}` model: "
+                             f"{_against(rows, base)}")
     cpu_note = ("**This is a CPU measurement:** it says nothing about GPU kernels, where the question (fused "
                 "DyT vs fused RMSNorm, and Transformer Engine's norm+GEMM fusion) is decided; at these tiny "
                 "shapes CPU time is dominated by per-op overhead and the shared machine's noise (see the "

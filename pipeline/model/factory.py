@@ -10,11 +10,11 @@ from megatron.core.transformer.transformer_layer import TransformerLayer
 
 from pipeline import cpu_compat
 from pipeline.config.schema import RunConfig
-from pipeline.norms import embedding_scale
+from pipeline.norms import embedding_scale, get_spec
 from pipeline.norms.torch_norms import tag_sequence_parallel
 
 from .dims import ffn_hidden_size, padded_vocab_size
-from .spec import TE_FUSABLE, block_spec, default_backend
+from .spec import block_spec, default_backend
 
 
 def transformer_config(cfg: RunConfig, on_gpu: bool) -> TransformerConfig:
@@ -31,7 +31,7 @@ def transformer_config(cfg: RunConfig, on_gpu: bool) -> TransformerConfig:
         num_query_groups=m.num_query_groups or m.num_attention_heads,
         ffn_hidden_size=ffn_hidden_size(cfg),
         # TE's fused norm+linear reads this; our own norm modules ignore it.
-        normalization=TE_FUSABLE.get(m.norm.type, "RMSNorm"),
+        normalization=get_spec(m.norm.type).te_fused or "RMSNorm",
         layernorm_epsilon=m.norm.eps,
         qk_layernorm=m.norm.qk_norm,
         gated_linear_unit=True,

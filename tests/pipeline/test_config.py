@@ -64,7 +64,7 @@ def test_defaults_cycle_is_reported(tmp_path):
     (tmp_path / "a.yaml").write_text("defaults: [b]\n")
     (tmp_path / "b.yaml").write_text("defaults: [a]\n")
     with pytest.raises(ConfigError, match="circular"):
-        compose(tmp_path / "a.yaml", tmp_path)
+        compose(tmp_path / "a.yaml")  # defaults are looked up next to their file first
 
 
 def test_resolved_config_round_trips(tmp_path):

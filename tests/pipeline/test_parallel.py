@@ -5,6 +5,7 @@ import shutil
 
 import pytest
 
+from tests.faults import fault_env
 from tests.helpers import launch, scalars
 
 pytestmark = pytest.mark.slow
@@ -77,7 +78,7 @@ def test_layout_matches_single_process(runs, norm, layout):
 def test_crash_and_resume_equals_uninterrupted(runs, layout):
     want, _ = runs.losses(f"{layout}_dyt", "dyt", LAYOUTS[layout])
     name = f"crash_{layout}"
-    crashed = runs.run(name, "dyt", LAYOUTS[layout], env={"DYT_FAIL_AT_STEP": "5"}, check=False)
+    crashed = runs.run(name, "dyt", LAYOUTS[layout], env=fault_env(crash_after_step=5), check=False)
     assert crashed.returncode != 0
     assert (runs.root / name / "checkpoints" / "latest").read_text().strip() == "step_0000003"
     resumed = runs.run(name, "dyt", LAYOUTS[layout])

@@ -12,6 +12,7 @@ import pytest
 
 from pipeline.data import load_manifest
 from pipeline.evaluation.unigram import unigram_reference
+from tests.faults import fault_env
 from tests.helpers import REPO, launch, scalars
 
 SHORT = ["train.log_interval=5", "train.eval_interval=20", "train.eval_iters=2", "schedule.warmup_steps=5"]
@@ -45,10 +46,11 @@ def test_pretrain_tiny_dyt_learns_and_writes_outputs(tmp_path, pydocs_manifest):
 
 
 @pytest.mark.slow
-def test_nan_loss_is_skipped_or_stops_per_policy(tmp_path, pydocs_manifest):
+@pytest.mark.parametrize("engine", ["megatron", "deepspeed"])
+def test_nan_loss_is_skipped_or_stops_per_policy(tmp_path, pydocs_manifest, engine):
     common = ["train.steps=6", "train.log_interval=1", "train.eval_interval=0", "schedule.warmup_steps=1",
-              f"output_dir={tmp_path}", f"data.manifest={pydocs_manifest}", "model.num_layers=2"]
-    env = {"DYT_INJECT_NAN_STEPS": "2"}  # the engine's step counter is 0-based: the 3rd step
+              f"output_dir={tmp_path}", f"data.manifest={pydocs_manifest}", "model.num_layers=2", f"engine={engine}"]
+    env = fault_env(nan_loss_at_step=3)
     launch("tiny_rmsnorm", [*common, "name=skip", "train.nan_policy=skip"], env=env)
     skipped = scalars(tmp_path / "skip", "train/skipped_steps")
     assert skipped[2] == 0 and skipped[3] == 1 and skipped[6] == 1
@@ -64,9 +66,10 @@ def test_nan_loss_is_skipped_or_stops_per_policy(tmp_path, pydocs_manifest):
 
 
 @pytest.mark.slow
-def test_sigterm_saves_marks_preempted_and_resumes(tmp_path, pydocs_manifest):
+@pytest.mark.parametrize("engine", ["megatron", "deepspeed"])
+def test_sigterm_saves_marks_preempted_and_resumes(tmp_path, pydocs_manifest, engine):
     args = ["train.steps=500", "train.log_interval=1", "train.eval_interval=0", f"output_dir={tmp_path}",
-            f"data.manifest={pydocs_manifest}", "model.num_layers=2", "launch.nproc_per_node=2"]
+            f"data.manifest={pydocs_manifest}", "model.num_layers=2", "launch.nproc_per_node=2", f"engine={engine}"]
     proc = subprocess.Popen([sys.executable, "-m", "launch", "tiny_dyt", *args], cwd=REPO, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
