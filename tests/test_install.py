@@ -52,7 +52,7 @@ def test_pip_install_runs_console_scripts_with_shipped_configs(tmp_path, editabl
     assert (Path(where[1]) / "tiny_dyt.yaml").is_file() and (Path(where[1]) / "compare" / "tiny.yaml").is_file()
 
     assert "--config-dir" in _run([bin_ / "dyt-pretrain", "--help"], tmp_path, env)
-    for script in ("dyt-data", "dyt-eval"):
+    for script in ("dyt-data", "dyt-eval", "dyt-export"):
         assert "usage:" in _run([bin_ / script, "--help"], tmp_path, env)
     out = _run([bin_ / "dyt-pretrain", "tiny_dyt", "train.steps=50", "--dry-run"], tmp_path, env)
     assert "-m pipeline.train --config runs/tiny_dyt/config.yaml" in out

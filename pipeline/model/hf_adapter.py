@@ -22,13 +22,12 @@ from dataclasses import dataclass
 import torch
 
 from pipeline.config.schema import RunConfig
-from pipeline.norms import alpha_init, embedding_scale
+from pipeline.norms import embedding_scale, get_spec, site_params
 
 from .dims import ffn_hidden_size
 
-# HF architectures by norm: RMSNorm runs that need nothing extra load as stock LLaMA.
+# HF architectures: runs whose norm is LLaMA's own and need nothing extra load as stock LLaMA.
 STOCK, CUSTOM = ("llama", "LlamaForCausalLM"), ("llama_dyt", "LlamaDyTForCausalLM")
-CUSTOM_NORMS = ("dyt", "derf", "rmsnorm")
 
 _P = r"(weight|bias|alpha|shift)"
 _LAYER_RENAMES = [(re.compile(mg), hf) for mg, hf in (
@@ -139,9 +138,10 @@ def from_hf(name: str, read: Callable[[str], torch.Tensor], g: Geometry, rows: i
 def hf_config(cfg: RunConfig, vocab_size: int, bos_id: int | None, eos_id: int, pad_id: int | None) -> dict:
     """config.json fields for a run: stock `llama` when nothing but LLaMA is needed, else `llama_dyt`."""
     m, norm = cfg.model, cfg.model.norm
-    if norm.type not in CUSTOM_NORMS:
+    hf_norm = get_spec(norm.type).hf_norm
+    if hf_norm is None:
         raise AdapterError(f"model.norm.type: {norm.type!r} has no Hugging Face architecture that matches it "
-                           f"exactly (exportable: {', '.join(CUSTOM_NORMS)})")
+                           "exactly (exportable: norms registered with hf_norm, e.g. rmsnorm, dyt, derf)")
     scale = embedding_scale(m.embedding_scale, norm.type, m.hidden_size)
     fields = {
         "vocab_size": vocab_size,
@@ -163,12 +163,12 @@ def hf_config(cfg: RunConfig, vocab_size: int, bos_id: int | None, eos_id: int, 
         "eos_token_id": eos_id,
         "pad_token_id": pad_id,
     }
-    if norm.type == "rmsnorm" and not norm.qk_norm and scale is None:
+    if hf_norm == "rmsnorm" and not norm.qk_norm and scale is None:
         return {"model_type": STOCK[0], "architectures": [STOCK[1]], **fields}
-    a = alpha_init(norm, m.hidden_size)
-    return {"model_type": CUSTOM[0], "architectures": [CUSTOM[1]], **fields, "norm_type": norm.type,
-            "norm_bias": norm.bias if norm.type != "rmsnorm" else False,
-            "alpha_init": {"attention": a.attention, "mlp": a.mlp, "final": a.final},
+    sites = {site: site_params(norm, m.hidden_size, site) for site in ("attention", "mlp", "final")}
+    return {"model_type": CUSTOM[0], "architectures": [CUSTOM[1]], **fields, "norm_type": hf_norm,
+            "norm_bias": bool(sites["attention"].get("bias", False)),
+            "alpha_init": {site: p.get("alpha_init", 0.5) for site, p in sites.items()},
             "qk_norm": norm.qk_norm, "embedding_scale": scale}
 
 

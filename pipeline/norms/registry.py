@@ -50,6 +50,9 @@ class NormSpec:
     te_fused: str | None = None  # TransformerConfig.normalization when TE fuses it into the next linear
     kernel_op: str | None = None  # the `pipeline.kernels` op its forward calls with the module's `kernel`
     fused_add_op: str | None = None  # `pipeline.kernels` op fusing the residual add into this norm
+    # The norm of the exported Hugging Face model (`pipeline.hf`: "rmsnorm" is LLaMA's own, "dyt" / "derf"
+    # LlamaDyT's, same math and parameter names); None: runs with this norm cannot be exported.
+    hf_norm: str | None = None
     # How `make compare` / `scurve` analyse a trained run: "scurve" (hook the norm; module must be an
     # nn.LayerNorm/nn.RMSNorm), "alpha" (α over training); None: "alpha" if has_alpha, else not analysed.
     analysis: Analysis | None = None
