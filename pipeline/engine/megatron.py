@@ -67,12 +67,15 @@ def _start_writer_queue() -> None:
 
 
 def _check_same_model(directory: Path, template: dict) -> None:
-    """The checkpoint holds exactly this model's tensors. dist_checkpointing loads what the model asks for
+    """Collective: the checkpoint holds exactly this model's tensors. dist_checkpointing loads what the model asks for
     and ignores the rest, so a DyT checkpoint read into an RMSNorm model would keep every γ and drop every α."""
     with warnings.catch_warnings():  # torch DCP's note on reading metadata outside a process group
         warnings.simplefilter("ignore")
         saved = {k for k in dist_checkpointing.load_tensors_metadata(str(directory)) if not k.startswith("optimizer.")}
     wanted = {v.key for v in nested_values(template) if isinstance(v, (ShardedTensor, ShardedTensorFactory))}
+    everyone: list = [None] * dist.get_world_size()  # pipeline stages hold different parts of the model
+    dist.all_gather_object(everyone, wanted)
+    wanted = set().union(*everyone)
     if saved != wanted:
         raise RuntimeError(f"{directory} holds another model than this config builds: tensors only in the checkpoint: "
                            f"{sorted(saved - wanted) or 'none'}; only in the model: {sorted(wanted - saved) or 'none'}")
