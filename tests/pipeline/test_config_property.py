@@ -80,8 +80,8 @@ def test_any_config_is_refused_by_key_or_accepted_by_megatron(items):
 
 
 @pytest.mark.slow
-@settings(max_examples=3, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.function_scoped_fixture])
+@settings(max_examples=3, deadline=None, derandomize=True, suppress_health_check=[
+    HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.function_scoped_fixture])
 @given(items=overrides([1, 2]))
 def test_a_sample_of_accepted_configs_trains_two_steps(items, tmp_path_factory, pydocs_manifest):
     try:
