@@ -14,6 +14,7 @@ def validate(cfg: RunConfig) -> None:
     m, p, t = cfg.model, cfg.parallel, cfg.train
     for key, v in (("model.num_layers", m.num_layers), ("model.hidden_size", m.hidden_size),
                    ("model.num_attention_heads", m.num_attention_heads), ("model.seq_length", m.seq_length),
+                   ("model.make_vocab_size_divisible_by", m.make_vocab_size_divisible_by),
                    ("parallel.tp", p.tp), ("parallel.pp", p.pp), ("parallel.cp", p.cp),
                    ("train.steps", t.steps), ("train.micro_batch_size", t.micro_batch_size),
                    ("train.global_batch_size", t.global_batch_size), ("launch.nodes", cfg.launch.nodes),
@@ -26,12 +27,18 @@ def validate(cfg: RunConfig) -> None:
     groups = m.num_query_groups or m.num_attention_heads
     if m.hidden_size % m.num_attention_heads:
         _fail("model.hidden_size", f"{m.hidden_size} is not divisible by num_attention_heads={m.num_attention_heads}")
+    if (m.hidden_size // m.num_attention_heads) % 2:
+        _fail("model.hidden_size", f"head dimension {m.hidden_size}/{m.num_attention_heads} = "
+              f"{m.hidden_size // m.num_attention_heads} is odd; rotary embeddings rotate pairs of channels")
     if m.num_attention_heads % groups:
         _fail("model.num_query_groups", f"{groups} does not divide num_attention_heads={m.num_attention_heads}")
     if m.num_attention_heads % p.tp:
         _fail("parallel.tp", f"tp={p.tp} does not divide model.num_attention_heads={m.num_attention_heads}")
     if groups % p.tp:
         _fail("parallel.tp", f"tp={p.tp} does not divide the query groups ({groups})")
+    if m.ffn_hidden_size is not None and m.ffn_hidden_size % p.tp:
+        _fail("model.ffn_hidden_size", f"{m.ffn_hidden_size} is not divisible by tp={p.tp} (the MLP is split "
+              "across tensor-parallel ranks)")
 
     model_parallel = p.tp * p.pp * p.cp
     if cfg.world_size % model_parallel:
