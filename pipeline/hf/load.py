@@ -10,6 +10,7 @@ first, and a rank reads only the HF tensors of its own layers.
 """
 
 import functools
+import logging
 from pathlib import Path
 
 import torch
@@ -17,11 +18,13 @@ import torch.distributed as dist
 from torch import nn
 
 from pipeline.config.schema import RunConfig
+from pipeline.model.dims import padded_vocab_size
 from pipeline.model.hf_adapter import AdapterError, Geometry, config_mismatches, from_hf, hf_config
 
 from .weights import Reader
 
 PREFIX = "hf:"
+log = logging.getLogger(__name__)
 
 
 class HFImportError(RuntimeError):
@@ -124,6 +127,12 @@ def import_weights(spec: str, session) -> None:
     except FileNotFoundError as e:
         raise HFImportError(f"checkpoint.init_from: {e}") from None
     g = Geometry.of(cfg, session.vocab_size)
+    rows = padded_vocab_size(session.vocab_size, cfg)
+    if rows != session.vocab_size and session.runtime.is_main:
+        log.warning("the run pads the vocabulary from %d to %d rows (zero after the import): until training "
+                    "pushes their logits down, megatron's softmax also counts them, so the loss starts a little "
+                    "above the HF model's (a model.make_vocab_size_divisible_by dividing %d avoids it)",
+                    session.vocab_size, rows, session.vocab_size)
     read: set[str] = set()
     params = [p for m in engine.modules for p in m.parameters()]
     with torch.no_grad(), engine.gathered(params):  # sharded_state_dict reads whole (ZeRO-3) parameters
