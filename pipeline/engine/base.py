@@ -81,12 +81,12 @@ def tp_unique(params, tp_rank: int) -> list[torch.nn.Parameter]:
 
 
 def sum_of_squares(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
-    """Σ x² over `tensors` in fp64, read in chunks: no fp32 copy of a whole (bf16) weight, so the memory peak
-    that monitoring reports is training's own."""
+    """Σ x² over `tensors`, accumulated in fp64 chunk by chunk: temporaries of at most 2 × 16 MB, never an fp32
+    copy of a whole (bf16) weight, so the memory peak that monitoring reports stays training's own."""
     total = torch.zeros((), dtype=torch.float64, device=device)
     for t in tensors:
         for chunk in t.detach().reshape(-1).split(1 << 22):
-            total += torch.linalg.vector_norm(chunk, dtype=torch.float32).double().to(device) ** 2
+            total += chunk.float().square().sum(dtype=torch.float64).to(device)
     return total
 
 

@@ -5,7 +5,6 @@ Engine-neutral: norm sites and (under ZeRO-3) their full values come through the
 collective here (params norm, memory peak, the per-site gather) runs on every rank at the same steps.
 """
 
-import logging
 import statistics
 import sys
 import time
@@ -25,8 +24,6 @@ from pipeline.runtime import Runtime
 from . import metrics, tags
 from .sampler import NormSampler, SaturationWatch, summarize
 from .sinks import TensorBoardSink, WandbSink, check_wandb
-
-log = logging.getLogger("pipeline")
 
 
 def norm_params(engine: Engine) -> dict[str, float]:
@@ -223,7 +220,6 @@ class Monitor:
                 "Training continues (a warning, not a stop); consider a smaller α₀ or a larger "
                 "model.output_init_std.")
         print(f"WARNING {text}", flush=True)
-        log.warning(text)
         if self.tb:
             self.tb.text("warnings/saturation", text, step)
 
