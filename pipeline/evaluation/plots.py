@@ -107,6 +107,7 @@ def diagnostics_figure(runs: list[dict], out_dir: Path, threshold: float) -> str
             ax_layers.plot(range(1, len(blocks) + 1), last, marker="o", color=colors[label], label=label)
     ax_final.set(title="residual stream: RMS of the final norm's input", xlabel="step", ylabel="RMS", yscale="log")
     ax_layers.set(title="RMS of each block's input (last sample)", xlabel="layer", ylabel="RMS", yscale="log")
+    ax_layers.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     if dyt_like:
         ax = axes[0][2]
         for label in dyt_like:

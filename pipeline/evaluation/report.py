@@ -195,8 +195,8 @@ def diagnostics_section(data: dict) -> list[str]:
             f"stream entering its block (every norm type). Saturated: |α·x| > {t:g}, where tanh ≥ "
             f"{math.tanh(t):.3f} passes almost no signal or gradient.", "",
             table(["variant", "step", "final-norm input RMS", "largest block-input RMS (layer)",
-                   f"attention: |α·x| > {t:g}", f"MLP: |α·x| > {t:g}", f"final: |α·x| > {t:g}",
-                   "final: mean abs tanh(α·x)"], rows), "",
+                   *[f"{kind}: α·x beyond ±{t:g}" for kind in ("attention", "MLP", "final")],
+                   "final: mean of abs tanh(α·x)"], rows), "",
             "![residual stream and saturation](diagnostics.png)"]
 
 

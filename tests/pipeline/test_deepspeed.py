@@ -59,6 +59,13 @@ def test_deepspeed_matches_megatron(runs, norm, variant):
         assert loss[step] == pytest.approx(ref_loss[step], rel=1e-4), (step, loss, ref_loss)
         assert grad[step] == pytest.approx(ref_grad[step], rel=1e-3), (step, grad, ref_grad)
     assert loss[STEPS] < loss[1] - 0.5
+    # Monitoring agrees too: the weights' norm (ZeRO-3: summed over partitions, padding excluded; TP replicas
+    # once) and, with DP 2, the spread of the data-parallel ranks' losses.
+    for tag, rel in (("train/params_norm", 1e-5), ("train/loss_dp_spread", 1e-3)):
+        ref, got = (scalars(runs.root / name, tag) for name in (f"megatron_{norm}", f"{variant}_{norm}"))
+        assert sorted(got) == (list(range(1, STEPS + 1)) if tag == "train/params_norm" or "tp2" not in variant
+                               else []), (tag, got)
+        assert all(got[s] == pytest.approx(ref[s], rel=rel) for s in got), (tag, got, ref)
     assert json.loads((runs.root / f"{variant}_{norm}" / "deepspeed_config.json").read_text())[
         "zero_optimization"]["stage"] == int(VARIANTS[variant][1][-1])
 
