@@ -276,3 +276,6 @@ class MegatronEngine:
 
     def load_weights(self, directory: Path) -> None:
         self._load_model(dist_checkpointing.load(self._model_state(), str(directory)))
+        # bf16: the fp32 masters (whole or DistributedOptimizer shards) are copies made at build time; without
+        # this the first step would write them, i.e. the initial weights, back over the loaded ones.
+        self.optimizer.reload_model_params()

@@ -25,6 +25,7 @@ def test_fp32_masters_start_from_exact_alpha0_and_sqrt_d(case, tmp_path, pydocs_
     engine = CASES[case][0].split("=")[1]
     out = run_python(f"""
 import math, torch
+from pathlib import Path
 from deepspeed.utils import safe_get_full_fp32_param, safe_get_local_fp32_param
 from pipeline.config import load_config
 from pipeline.run_loader import start
@@ -38,7 +39,18 @@ with s.engine.gathered(list(m.parameters())):
                     ("alpha_mlp", m.decoder.layers[1].pre_mlp_layernorm.alpha),
                     ("scale", m.embedding.scale)]:
         print(name, p.dtype, repr(float(p.float())), repr(float(master(p).reshape(-1)[0])), master(p).dtype)
+if {engine == "megatron"}:  # weights loaded later (checkpoint.init_from) become the masters too
+    from megatron.core import dist_checkpointing
+    (Path({str(tmp_path)!r}) / "w").mkdir()
+    dist_checkpointing.save({{"model": m.sharded_state_dict()}}, {str(tmp_path / "w")!r})  # weights only
+    with torch.no_grad():
+        for p in m.parameters():
+            p.main_param.add_(1.0)
+    s.engine.load_weights(Path({str(tmp_path)!r}) / "w")
+    print("reloaded", all(torch.equal(p.main_param.view(-1), p.detach().float().view(-1)[:p.main_param.numel()])
+                          for p in m.parameters()))
 """)
+    assert ("reloaded True" in out) == (engine == "megatron"), out
     rows = {r[0]: r[1:] for r in (line.split() for line in out.splitlines()) if len(r) == 5}
     f32 = lambda x: float(__import__("torch").tensor(x, dtype=__import__("torch").float32))  # noqa: E731
     for name, exact, rounded in (("alpha_attn", 0.8, 0.80078125), ("alpha_mlp", 0.2, 0.2001953125),
