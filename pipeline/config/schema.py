@@ -200,7 +200,7 @@ class RunConfig:
     # the working directory or PYTHONPATH; torchtitan's `custom_imports`).
     custom_imports: list[str] = field(default_factory=list)
     output_dir: str = "runs"  # the run lives in <output_dir>/<name>
-    engine: Literal["megatron", "deepspeed"] = "megatron"  # see README "Choosing an engine"
+    engine: Literal["megatron", "deepspeed"] = "megatron"  # see docs/engines.md "Choosing an engine"
     model: ModelConfig = field(default_factory=ModelConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
