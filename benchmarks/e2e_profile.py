@@ -28,7 +28,8 @@ CATEGORIES = ("norm", "gemm", "attention", "optimizer", "other")
 # Our Triton kernels by name, and (CPU profiles) the autograd Functions that launch them.
 _FUNCTIONS = [n for n, o in vars(dyt_triton).items() if isinstance(o, type) and issubclass(o, torch.autograd.Function)]
 OUR_KERNELS = frozenset(
-    [n for n, o in vars(dyt_triton).items() if isinstance(o, triton.runtime.JITFunction) and n.endswith("_kernel")]
+    # KernelInterface: a @triton.jit function, compiled (JITFunction) or under TRITON_INTERPRET=1
+    [n for n, o in vars(dyt_triton).items() if isinstance(o, triton.runtime.KernelInterface) and n.endswith("_kernel")]
     + _FUNCTIONS + [f"{n}Backward" for n in _FUNCTIONS]
 )
 RULES = [(cat, re.compile(rx, re.IGNORECASE)) for cat, rx in (

@@ -106,9 +106,9 @@ def train(cfg: RunConfig, progress: dict) -> str:
     num_valid = t.eval_iters * t.global_batch_size if t.eval_interval else 0
     train_ds, valid_ds = build_datasets(session.manifest, cfg.model.seq_length, t.seed, t.steps * t.global_batch_size,
                                         num_valid, run_dir / "cache")
-    monitor = Monitor(cfg, run_dir, rt.device, session.vocab_size, rt.is_main)
     stop = StopRequest()
     n_params = engine.num_parameters()
+    monitor = Monitor(cfg, run_dir, engine, rt, session.vocab_size, n_params, start)
     if rt.is_main:
         zero = f" zero {cfg.deepspeed.zero_stage}" if cfg.engine == "deepspeed" else ""
         print(f"run {cfg.name}: {cfg.model.norm.type}, {n_params / 1e6:.2f}M params, {cfg.engine} engine, world "
@@ -119,9 +119,10 @@ def train(cfg: RunConfig, progress: dict) -> str:
     for step in range(start + 1, t.steps + 1):
         batch = list(step_microbatches(train_ds, step - 1, t.global_batch_size, t.micro_batch_size,
                                        rt.dp_rank, rt.dp_size))
+        monitor.before_step(step)
         t0 = time.perf_counter()
         result = engine.train_step(batch)
-        monitor.step(step, result, time.perf_counter() - t0, engine)
+        monitor.step(step, result, time.perf_counter() - t0)
         if not math.isfinite(result.loss):
             if t.nan_policy == "stop":
                 raise NonFiniteLoss(f"step {step}: loss is {result.loss}; stopping (train.nan_policy: stop). "

@@ -21,7 +21,10 @@ class NormConfig:
     kernel: Literal["auto", "eager", "compile", "triton"] = "auto"  # auto: triton on CUDA, eager on CPU
     fuse_residual_add: bool = False  # fused residual-add + norm before the MLP (norms with a fused-add kernel: dyt)
     qk_norm: bool = False  # normalise queries/keys per head with the same norm type
-    weight_decay: Literal["auto", "all", "none"] = "auto"  # on norm/scalar params; auto: all for DyT-like
+    # Weight decay on 1-D params (norm weights, α, the embedding scalar). auto: every parameter for DyT-like norms
+    # (the paper's code), megatron's exemption of 1-D params otherwise; paper: every parameter for ANY norm, as the
+    # paper's code did for its RMSNorm baseline too (use it in both arms of a reproduction); all / none to force.
+    weight_decay: Literal["auto", "paper", "all", "none"] = "auto"
 
 
 @dataclass
@@ -87,7 +90,9 @@ class OptimizerConfig:
 @dataclass
 class ScheduleConfig:
     warmup_steps: int = 10
-    decay: Literal["cosine", "wsd", "constant"] = "cosine"
+    # cosine | wsd | constant: megatron's, after a linear warmup. fms_fsdp: the DyT paper's LLaMA code (IBM
+    # fms-fsdp): lr = min(quadratic warmup 1-(1-t/w)², cosine from step 0 over train.steps down to min_lr).
+    decay: Literal["cosine", "wsd", "constant", "fms_fsdp"] = "cosine"
     wsd_decay_fraction: float = 0.2  # WSD: share of steps spent decaying at the end
 
 
@@ -134,10 +139,36 @@ class CheckpointConfig:
 
 
 @dataclass
+class DiagnosticsConfig:
+    """Saturation of DyT-like norms and the residual-stream scale, sampled cheaply: on sampled steps only, the
+    first micro-batch's input at every norm site, `tokens` token rows of it (spread over the sequence)."""
+
+    interval: int | None = None  # steps between samples; None = train.log_interval; 0 = off
+    tokens: int = 256  # token rows read per site per sample
+    thresholds: list[float] = field(default_factory=lambda: [2.5, 4.0])  # |α·x| where tanh is flat (0.987, 0.9993)
+    # Early warning (printed, training goes on): the fraction of |α·x| > thresholds[0] at a watched site kind
+    # reaches warn_fraction in warn_samples consecutive samples (README "Small widths").
+    warn_fraction: float = 0.5
+    warn_sites: list[str] = field(default_factory=lambda: ["final", "attention"])  # final | attention | mlp
+    warn_samples: int = 3
+
+
+@dataclass
+class WandbConfig:
+    """Weights & Biases, optional (`pip install wandb`): the same scalars and the resolved config."""
+
+    project: str = "dyt-pipeline"
+    entity: str | None = None
+    mode: Literal["offline", "online", "disabled"] = "offline"  # offline: files in <run>/wandb/, `wandb sync` later
+
+
+@dataclass
 class LoggingConfig:
     tensorboard: bool = True
     norm_stats: bool = True  # per-site α / γ statistics for DyT-like norms
     peak_tflops: float | None = None  # device peak for MFU; None = built-in table (GPUs only)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+    wandb: WandbConfig | None = None  # null = off; a mapping (even {}) turns it on
 
 
 @dataclass
@@ -171,7 +202,7 @@ class RunConfig:
     # the working directory or PYTHONPATH; torchtitan's `custom_imports`).
     custom_imports: list[str] = field(default_factory=list)
     output_dir: str = "runs"  # the run lives in <output_dir>/<name>
-    engine: Literal["megatron", "deepspeed"] = "megatron"  # see README "Choosing an engine"
+    engine: Literal["megatron", "deepspeed"] = "megatron"  # see docs/engines.md "Choosing an engine"
     model: ModelConfig = field(default_factory=ModelConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)

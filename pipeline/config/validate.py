@@ -85,6 +85,7 @@ def validate(cfg: RunConfig) -> None:
         _fail("checkpoint.keep_last", f"must be >= 1, got {cfg.checkpoint.keep_last}")
     if t.log_interval < 1:
         _fail("train.log_interval", f"must be >= 1, got {t.log_interval}")
+    _validate_diagnostics(cfg)
     if cfg.engine == "deepspeed":
         _validate_deepspeed(cfg)
     if not cfg.data.manifest and cfg.data.prepare is None:
@@ -106,6 +107,23 @@ def _validate_norm(n: NormConfig) -> None:
               f"(norms with one: {', '.join(fusable)})")
     if isinstance(n.alpha_init, AlphaInit) and not spec.has_alpha:
         _fail("model.norm.alpha_init", f"{n.type!r} has no α (set it for a norm registered with has_alpha)")
+
+
+def _validate_diagnostics(cfg: RunConfig) -> None:
+    d = cfg.logging.diagnostics
+    if d.interval is not None and d.interval < 0:
+        _fail("logging.diagnostics.interval", f"must be >= 0 (0 = off) or null (= log_interval), got {d.interval}")
+    if d.tokens < 1:
+        _fail("logging.diagnostics.tokens", f"must be >= 1, got {d.tokens}")
+    if not d.thresholds or any(t <= 0 for t in d.thresholds):
+        _fail("logging.diagnostics.thresholds", f"need at least one positive |α·x| level, got {d.thresholds}")
+    if not 0 < d.warn_fraction <= 1:
+        _fail("logging.diagnostics.warn_fraction", f"must be in (0, 1], got {d.warn_fraction}")
+    unknown = sorted(set(d.warn_sites) - {"attention", "mlp", "final"})
+    if unknown:
+        _fail("logging.diagnostics.warn_sites", f"unknown site kind {unknown[0]!r} (attention, mlp, final)")
+    if d.warn_samples < 1:
+        _fail("logging.diagnostics.warn_samples", f"must be >= 1, got {d.warn_samples}")
 
 
 def _validate_deepspeed(cfg: RunConfig) -> None:

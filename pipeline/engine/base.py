@@ -21,6 +21,7 @@ class StepResult:
     lr: float
     tokens: int  # tokens in the global batch
     skipped: bool  # no update was applied (non-finite loss)
+    dp_loss_range: tuple[float, float] | None = None  # (min, max) of the data-parallel ranks' mean losses; DP > 1
 
 
 class Engine(Protocol):
@@ -58,14 +59,48 @@ class Engine(Protocol):
     def num_parameters(self) -> int:
         """Parameters of the whole model (all ranks, replicas counted once)."""
 
+    def params_norm(self) -> float:
+        """Collective: L2 norm of all the model's parameters (all ranks, replicas counted once)."""
+
     def write_run_files(self, run_dir: Path) -> None:
         """Engine-specific files for inspection beside the run's config.yaml (rank 0 writes)."""
+
+
+def exact_inits(modules: list[torch.nn.Module]) -> list[tuple[torch.nn.Parameter, float]]:
+    """Constant-initialised parameters whose intended value bf16 cannot hold (α₀, √d; see
+    `pipeline.model.factory.tag_exact_inits`): each engine writes these into its fp32 master copy."""
+    return [(p, p.exact_init) for m in modules for p in m.parameters() if hasattr(p, "exact_init")]
 
 
 @contextlib.contextmanager
 def no_gather(params: list[torch.nn.Parameter]) -> Iterator[None]:
     """`Engine.gathered` for engines whose parameters are always whole on their rank."""
     yield
+
+
+def tp_unique(params, tp_rank: int) -> list[torch.nn.Parameter]:
+    """Parameters counted once over tensor-parallel ranks: TP shards on every rank, replicas (norms, scalars)
+    on TP rank 0."""
+    return [p for p in params if getattr(p, "tensor_model_parallel", False) or tp_rank == 0]
+
+
+def sum_of_squares(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """Σ x² over `tensors`, accumulated in fp64 chunk by chunk: temporaries of at most 2 × 16 MB, never an fp32
+    copy of a whole (bf16) weight, so the memory peak that monitoring reports stays training's own."""
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    for t in tensors:
+        for chunk in t.detach().reshape(-1).split(1 << 22):
+            total += chunk.float().square().sum(dtype=torch.float64).to(device)
+    return total
+
+
+def dp_loss_range(rows: torch.Tensor) -> tuple[float, float] | None:
+    """(min, max) over data-parallel ranks of each rank's token-weighted mean loss; rows[r] = (loss sum, tokens)
+    of DP rank r. None with one DP rank."""
+    if rows.shape[0] < 2:
+        return None
+    means = rows[:, 0] / rows[:, 1]
+    return float(means.min()), float(means.max())
 
 
 def per_token_loss(losses: torch.Tensor, loss_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -28,7 +28,16 @@ from pipeline.model import build_model, norm_sites, transformer_config
 from pipeline.process import die_with_parent
 from pipeline.runtime import Runtime
 
-from .base import StepResult, causal_mask, no_gather, per_token_loss
+from .base import (
+    StepResult,
+    causal_mask,
+    dp_loss_range,
+    exact_inits,
+    no_gather,
+    per_token_loss,
+    sum_of_squares,
+    tp_unique,
+)
 from .optim import build_scheduler, optimizer_config, weight_decay_overrides
 
 log = logging.getLogger(__name__)
@@ -124,6 +133,8 @@ class MegatronEngine:
         self.optimizer = get_megatron_optimizer(opt_config, self.model,
                                                 config_overrides=weight_decay_overrides(cfg, opt_config))
         self.scheduler = build_scheduler(self.optimizer, cfg)
+        if bf16:
+            self._exact_masters()
         self.config.finalize_model_grads_func = finalize_model_grads
         self.config.grad_scale_func = self.optimizer.scale_loss
         no_sync = [m.no_sync for m in self.model]
@@ -134,6 +145,15 @@ class MegatronEngine:
         self._mask = causal_mask(cfg.model.seq_length, runtime.device)
         _start_writer_queue()
 
+    @torch.no_grad()
+    def _exact_masters(self) -> None:
+        """fp32 master copies (Float16Optimizer: whole; DistributedOptimizer: this rank's shard, or None) of
+        constant-initialised parameters start from the intended value, not from its bf16 rounding."""
+        for param, value in exact_inits(self.modules):
+            main = getattr(param, "main_param", None)
+            if main is not None:
+                main.fill_(value)
+
     # -- one step -----------------------------------------------------------------------------------
     def _forward_step(self, data_iterator, model):
         batch = next(data_iterator)
@@ -142,7 +162,7 @@ class MegatronEngine:
                        labels=batch["labels"].to(dev))
         return output, functools.partial(_loss_func, batch["loss_mask"].to(dev))
 
-    def _run(self, microbatches: list[dict], forward_only: bool) -> tuple[float, int]:
+    def _run(self, microbatches: list[dict], forward_only: bool) -> tuple[float, int, torch.Tensor]:
         iters = [iter(microbatches) for _ in self.model]
         reports = get_forward_backward_func()(
             forward_step_func=self._forward_step,
@@ -154,33 +174,35 @@ class MegatronEngine:
             forward_only=forward_only,
         )
         # Loss sums live on the last pipeline stage; TP/CP replicas scale sum and count alike, so a
-        # world all-reduce of (sum, count) gives every rank the exact global mean.
-        total = torch.zeros(2, dtype=torch.float64, device=self.rt.device)
-        for r in reports:
-            total += r["lm loss"].to(total)
-        if not ps.is_pipeline_last_stage(ignore_virtual=True) or not reports:
-            total.zero_()
-        dist.all_reduce(total)
+        # world all-reduce of (sum, count) per DP rank gives every rank the exact global mean (and each DP
+        # rank's own, for the loss spread across data-parallel ranks).
+        rows = torch.zeros(self.rt.dp_size, 2, dtype=torch.float64, device=self.rt.device)
+        if ps.is_pipeline_last_stage(ignore_virtual=True):
+            for r in reports:
+                rows[ps.get_data_parallel_rank()] += r["lm loss"].to(rows)
+        dist.all_reduce(rows)
+        total = rows.sum(0)
         tokens = int(total[1].item()) // (ps.get_tensor_model_parallel_world_size()
                                          * ps.get_context_parallel_world_size())
-        return (total[0] / total[1]).item(), tokens
+        return (total[0] / total[1]).item(), tokens, rows
 
     def train_step(self, microbatches: list[dict]) -> StepResult:
         for m in self.model:
             m.zero_grad_buffer()
         self.optimizer.zero_grad()
-        loss, tokens = self._run(microbatches, forward_only=False)
+        loss, tokens, rows = self._run(microbatches, forward_only=False)
         lr = self.optimizer.param_groups[0]["lr"]
         if not torch.isfinite(torch.tensor(loss)):
             # Never apply an update computed from a non-finite loss; the loop decides skip vs stop.
             for m in self.model:
                 m.zero_grad_buffer()
-            return StepResult(loss=loss, grad_norm=float("nan"), lr=lr, tokens=tokens, skipped=True)
+            return StepResult(loss=loss, grad_norm=float("nan"), lr=lr, tokens=tokens, skipped=True,
+                              dp_loss_range=dp_loss_range(rows))
         ok, grad_norm, _ = self.optimizer.step()
         if ok:
             self.scheduler.step(increment=1)
         return StepResult(loss=loss, grad_norm=float(grad_norm if grad_norm is not None else float("nan")),
-                          lr=lr, tokens=tokens, skipped=not ok)
+                          lr=lr, tokens=tokens, skipped=not ok, dp_loss_range=dp_loss_range(rows))
 
     @torch.no_grad()
     def eval_loss(self, microbatches: list[dict]) -> float:
@@ -198,17 +220,21 @@ class MegatronEngine:
 
     gathered = staticmethod(no_gather)
 
+    def _own_params(self) -> list[torch.nn.Parameter]:
+        """This (pp, tp) rank's parameters, tensor-parallel replicas only on tp rank 0; none on DP replicas."""
+        if ps.get_data_parallel_rank(with_context_parallel=True) != 0:
+            return []
+        return tp_unique([p for m in self.modules for p in m.parameters()], ps.get_tensor_model_parallel_rank())
+
     def num_parameters(self) -> int:
-        """Each (pp, tp) rank counts its own; tensor-parallel replicas (norms, the scalar) only on tp rank 0."""
-        local = 0
-        for m in self.modules:
-            for prm in m.parameters():
-                if getattr(prm, "tensor_model_parallel", False) or ps.get_tensor_model_parallel_rank() == 0:
-                    local += prm.numel()
-        total = torch.tensor([local if ps.get_data_parallel_rank(with_context_parallel=True) == 0 else 0],
-                             dtype=torch.int64, device=self.rt.device)
+        total = torch.tensor([sum(p.numel() for p in self._own_params())], dtype=torch.int64, device=self.rt.device)
         dist.all_reduce(total)
         return int(total.item())
+
+    def params_norm(self) -> float:
+        total = sum_of_squares(self._own_params(), self.rt.device)
+        dist.all_reduce(total)
+        return float(total.sqrt())
 
     def write_run_files(self, run_dir: Path) -> None:
         """Nothing beyond config.yaml: the TransformerConfig is derived from it."""
@@ -275,5 +301,7 @@ class MegatronEngine:
     def load_model_state(self, states: list[dict]) -> None:
         for module, state in zip(self.modules, states, strict=True):
             module.load_state_dict(state)
-        # bf16: the optimizer's fp32 main params were copied from the weights at build time.
+        # bf16: the fp32 masters (whole or DistributedOptimizer shards) are copies made at build time; without
+        # this the first step would write them, i.e. the initial weights, back over the loaded ones. (A
+        # resume in the same layout then loads the saved masters over these.)
         self.optimizer.reload_model_params()

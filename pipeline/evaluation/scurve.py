@@ -8,7 +8,7 @@ s is closed form, s = Σ y·t / Σ t² with t = tanh(α·x), so the fit is a 1-D
 golden section). R² of that fit is reported next to R² of the best line through the origin, y ≈ c·x: a
 tanh fit no better than the line means the layer is still in its linear regime (no S-curve).
 
-DyT / Derf run: α per site over training, from TensorBoard (`norm/alpha/...`), and the embedding scalar.
+DyT / Derf run: α per site over training, from TensorBoard (`norm_alpha/...`), and the embedding scalar.
 
 Which of the two a run gets is its norm's registered `analysis` trait (pipeline/norms/registry.py); a norm
 with neither gets a result that says what was not analysed and why.
@@ -21,6 +21,7 @@ import numpy as np
 
 from pipeline.evaluation import plots
 from pipeline.evaluation.events import read_scalars
+from pipeline.monitor import tags
 
 FIT_POINTS = 200_000  # elements per site used for the fit (a seeded random subset)
 PLOT_POINTS = 4_000  # elements per site drawn in the scatter plot
@@ -156,10 +157,9 @@ def alpha_history(run_dir: Path, out_dir: Path) -> dict:
     cfg = load_config(str(run_dir / "config.yaml"))
     m = cfg.model
     curves = read_scalars(run_dir / "tensorboard")
-    logged = {tag.removeprefix("norm/alpha/"): c for tag, c in curves.items()
-              if tag.startswith("norm/alpha/")}
+    logged = tags.by_site(tags.ALPHA, curves)
     if not logged:
-        return not_analysed(cfg, run_dir, "no norm/alpha/* scalars in TensorBoard (logging.norm_stats off?)")
+        return not_analysed(cfg, run_dir, f"no {tags.ALPHA}/* scalars in TensorBoard (logging.norm_stats off?)")
     # TensorBoard starts at the first log step; the initial values (step 0) come from the recipe, when
     # the norm's recipe sets α₀ (a user norm may keep its own default: then the curve starts at step 1).
     alphas, rows = {}, []
@@ -168,7 +168,7 @@ def alpha_history(run_dir: Path, out_dir: Path) -> dict:
         alphas[site] = ([0, *steps], [init, *values]) if init is not None else (steps, values)
         rows.append({"site": site, "alpha_init": init, "alpha_final": values[-1], "alpha_min": min(values),
                      "alpha_max": max(values), "last_step": steps[-1]})
-    emb = curves.get("norm/embedding_scale")
+    emb = curves.get(tags.EMBEDDING_SCALE)
     emb_init = embedding_scale(m.embedding_scale, m.norm.type, m.hidden_size)
     if emb and emb_init is not None:
         emb = ([0, *emb[0]], [emb_init, *emb[1]])

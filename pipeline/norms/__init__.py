@@ -14,8 +14,18 @@ from .recipe import (
     paper_alpha_init,
     site_params,
 )
-from .registry import NormSpec, get_norm, get_spec, lookup, register, register_norm, registered_norms, spec_for_class
+from .registry import (
+    NormSpec,
+    get_norm,
+    get_spec,
+    has_alpha,
+    lookup,
+    register,
+    register_norm,
+    registered_norms,
+    spec_for_class,
+)
 
 __all__ = ["AlphaInit", "NormSpec", "alpha_recipe", "constant_alpha_init", "decay_norm_params",
-           "embedding_scale", "get_norm", "get_spec", "lookup", "paper_alpha_init", "register", "register_norm",
-           "registered_norms", "site_params", "spec_for_class"]
+           "embedding_scale", "get_norm", "get_spec", "has_alpha", "lookup", "paper_alpha_init", "register",
+           "register_norm", "registered_norms", "site_params", "spec_for_class"]

@@ -84,7 +84,8 @@ def embedding_scale(mode: str, norm_type: str, width: int) -> float | None:
 
 
 def decay_norm_params(norm: NormConfig) -> bool:
-    """Paper: weight decay on every parameter (α included) for DyT; megatron: none on 1-D params."""
+    """Paper: weight decay on every parameter (α included) for DyT, and for its RMSNorm baseline too (its code
+    decays `model.parameters()` whatever the norm); megatron: none on 1-D params."""
     if norm.weight_decay == "auto":
         return get_spec(norm.type).decay_norm_params
-    return norm.weight_decay == "all"
+    return norm.weight_decay in ("paper", "all")

@@ -129,6 +129,13 @@ def spec_for_class(cls: type) -> NormSpec | None:
     return next((s for s in _NORMS.values() if s.module_path == path), None)
 
 
+def has_alpha(module: object) -> bool:
+    """Whether a built norm module is of a class registered with an α (DyT-like): what telemetry and the
+    saturation diagnostics look at."""
+    spec = spec_for_class(type(module))
+    return bool(spec and spec.has_alpha)
+
+
 def registered_norms() -> list[str]:
     """Registered names, in registration order (built-ins first)."""
     return list(_NORMS)

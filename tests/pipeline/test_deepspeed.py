@@ -59,6 +59,13 @@ def test_deepspeed_matches_megatron(runs, norm, variant):
     for step in range(1, STEPS + 1):
         assert loss[step] == pytest.approx(ref_loss[step], rel=1e-4), (step, loss, ref_loss)
         assert grad[step] == pytest.approx(ref_grad[step], rel=1e-3), (step, grad, ref_grad)
+    # Monitoring agrees too: the weights' norm (ZeRO-3: summed over partitions, padding excluded; TP replicas
+    # once) and, with DP 2, the spread of the data-parallel ranks' losses (a difference: absolute tolerance).
+    for tag, tol in (("train/params_norm", {"rel": 1e-5}), ("train/loss_dp_spread", {"abs": 1e-5})):
+        ref, got = (scalars(runs.root / name, tag) for name in (f"megatron_{norm}", f"{variant}_{norm}"))
+        assert sorted(got) == (list(range(1, STEPS + 1)) if tag == "train/params_norm" or "tp2" not in variant
+                               else []), (tag, got)
+        assert all(got[s] == pytest.approx(ref[s], **tol) for s in got), (tag, got, ref)
     assert loss[STEPS] < loss[1] - 0.2  # and it learns
     assert json.loads((runs.root / f"{variant}_{norm}" / "deepspeed_config.json").read_text())[
         "zero_optimization"]["stage"] == int(VARIANTS[variant][1][-1])

@@ -67,7 +67,7 @@ def test_user_norms_train_and_compare(tmp_path, pydocs_manifest):
     # A norm with α: telemetry per site (and the embedding scalar its recipe asks for), α curves from α₀.
     tb = read_scalars(REPO / runs["scaled_tanh"]["run_dir"] / "tensorboard")
     sites = {"attention/layer_01", "mlp/layer_01", "attention/layer_02", "mlp/layer_02", "final"}
-    assert {t.removeprefix("norm/alpha/") for t in tb if t.startswith("norm/alpha/")} == sites
+    assert {t.removeprefix("norm_alpha/") for t in tb if t.startswith("norm_alpha/")} == sites
     assert "norm/embedding_scale" in tb and tb["train/loss"][0][-1] == 20
     al = res["norms"]["scaled_tanh"]
     assert al["kind"] == "alpha" and {r["site"] for r in al["sites"]} == sites
