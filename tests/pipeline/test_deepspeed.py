@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.config import ConfigError, load_config
 from tests.faults import fault_env
-from tests.helpers import launch, run_python, scalars
+from tests.helpers import crash_and_resume, launch, run_python, scalars
 
 STEPS = 10
 COMMON = [f"train.steps={STEPS}", "train.log_interval=1", "train.eval_interval=0", "schedule.warmup_steps=2",
@@ -75,13 +75,7 @@ def test_deepspeed_matches_megatron(runs, norm, variant):
 @pytest.mark.parametrize("variant", ["zero3", "zero3_offload"])
 def test_crash_and_resume_is_bit_exact(runs, variant):
     want, _ = runs.curves(f"{variant}_dyt", "dyt", VARIANTS[variant])
-    name = f"crash_{variant}"
-    crashed = runs.run(name, "dyt", VARIANTS[variant], env=fault_env(crash_after_step=7), check=False)
-    assert crashed.returncode != 0
-    assert (runs.root / name / "checkpoints" / "latest").read_text().strip() == "step_0000005"
-    resumed = runs.run(name, "dyt", VARIANTS[variant])
-    assert "resumed from" in resumed.stdout and "step_0000005" in resumed.stdout
-    got = scalars(runs.root / name, "train/loss")
+    got = crash_and_resume(runs, f"crash_{variant}", "dyt", VARIANTS[variant], crash_after=7, saved=5)
     assert [got[s] for s in range(6, STEPS + 1)] == [want[s] for s in range(6, STEPS + 1)]  # bit for bit
 
 
