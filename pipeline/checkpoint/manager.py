@@ -18,6 +18,7 @@ import logging
 import re
 import shutil
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -374,13 +375,16 @@ class CheckpointManager:
         self._check_engine(path, record, key)
         return record
 
-    def _walk(self, load, key: str) -> tuple[Path, dict, int | None, list[tuple[Path, str]]] | None:
-        """Newest first: the first checkpoint that verifies and loads. Each one skipped is named, with why."""
+    def _walk(self, load, key: str, check=None) -> tuple[Path, dict, int | None, list[tuple[Path, str]]] | None:
+        """Newest first: the first checkpoint that verifies and loads. Each one skipped is named, with why.
+        A wrong engine, or `check` refusing the checkpoint, is a config error, not damage: it raises."""
         skipped: list[tuple[Path, str]] = []
         for path in reversed(self._step_dirs()):
             try:
                 record = self.verify(path)
-                self._check_engine(path, record, key)  # a wrong engine is a config error, not damage: raises
+                self._check_engine(path, record, key)
+                if check is not None:
+                    check(path, record)
                 result = load(path, record)
             except IntegrityError as e:
                 reason = f"failed verification: {e.file}: {e.reason}"
@@ -393,7 +397,8 @@ class CheckpointManager:
                 log.warning("skipping checkpoint %s: %s", path, reason)
         if skipped:
             listing = "\n  ".join(f"{p}: {r}" for p, r in skipped)
-            raise CheckpointError(f"no usable checkpoint in {self.dir}:\n  {listing}\nName one explicitly with "
+            raise CheckpointError(f"no usable checkpoint in {self.dir} (no complete checkpoint verifies and loads):"
+                                  f"\n  {listing}\nName one explicitly with "
                                   "checkpoint.resume=<dir>, or start over with checkpoint.resume=none (which moves "
                                   "these aside)")
         return None
@@ -408,10 +413,13 @@ class CheckpointManager:
                 log.warning("%s is unreadable (%s); looking for the newest checkpoint instead", self.dir / "latest", e)
             return None
 
-    def restore(self, engine: Engine, resume: str) -> Resumed | None:
+    def restore(self, engine: Engine, resume: str,
+                check: Callable[[Path, dict], None] | None = None) -> Resumed | None:
         """Collective. `auto`: the newest checkpoint of this run that verifies and loads (naming each one
         skipped and why); `none`: start fresh; a path: exactly that checkpoint, or a CheckpointError naming
-        the path and the failed file. Checkpoints of this run newer than the one resumed are moved aside."""
+        the path and the failed file. `check(path, record)` runs between verification and loading and may
+        refuse the checkpoint (an exception, before anything is changed on disk). Checkpoints of this run
+        newer than the one resumed are moved aside."""
         if resume == "none":
             self._supersede_after(0, "checkpoint.resume=none")
             return None
@@ -422,11 +430,13 @@ class CheckpointManager:
         if resume != "auto":
             path = Path(resume)
             record = self._open(path, "checkpoint.resume")
+            if check is not None:
+                check(path, record)
             step = load(path, record)
             self._supersede_after(step, f"this run resumed from {path}")
         else:
             named = self._read_latest()
-            found = self._walk(load, "checkpoint.resume")
+            found = self._walk(load, "checkpoint.resume", check)
             if found is None:
                 return None
             path, record, step, skipped = found

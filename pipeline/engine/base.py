@@ -23,6 +23,7 @@ class StepResult:
     lr: float
     tokens: int  # tokens in the global batch
     skipped: bool  # no update was applied (non-finite loss)
+    dp_loss_range: tuple[float, float] | None = None  # (min, max) of the data-parallel ranks' mean losses; DP > 1
 
 
 class PendingSave(Protocol):
@@ -58,6 +59,10 @@ class Engine(Protocol):
     def load_weights(self, directory: Path, saved_layout: dict) -> None:
         """Collective: model weights only, from a checkpoint of this engine in any parallel layout."""
 
+    def load_model_state(self, states: list[dict]) -> None:
+        """Collective: set the weights of this rank's model chunks from their state dicts (this layout's
+        slices, e.g. from a Hugging Face import), keeping any master copy the optimizer holds in sync."""
+
     def norm_sites(self) -> dict[str, torch.nn.Module]:
         """Norm modules of this rank by site name ("attention/layer_01", "mlp/layer_01", "final")."""
 
@@ -67,8 +72,17 @@ class Engine(Protocol):
     def num_parameters(self) -> int:
         """Parameters of the whole model (all ranks, replicas counted once)."""
 
+    def params_norm(self) -> float:
+        """Collective: L2 norm of all the model's parameters (all ranks, replicas counted once)."""
+
     def write_run_files(self, run_dir: Path) -> None:
         """Engine-specific files for inspection beside the run's config.yaml (rank 0 writes)."""
+
+
+def exact_inits(modules: list[torch.nn.Module]) -> list[tuple[torch.nn.Parameter, float]]:
+    """Constant-initialised parameters whose intended value bf16 cannot hold (α₀, √d; see
+    `pipeline.model.factory.tag_exact_inits`): each engine writes these into its fp32 master copy."""
+    return [(p, p.exact_init) for m in modules for p in m.parameters() if hasattr(p, "exact_init")]
 
 
 @contextlib.contextmanager
@@ -102,6 +116,31 @@ def all_finite(tensors: Iterable[torch.Tensor], device: torch.device) -> bool:
     return bool(ok.item())
 
 
+def tp_unique(params, tp_rank: int) -> list[torch.nn.Parameter]:
+    """Parameters counted once over tensor-parallel ranks: TP shards on every rank, replicas (norms, scalars)
+    on TP rank 0."""
+    return [p for p in params if getattr(p, "tensor_model_parallel", False) or tp_rank == 0]
+
+
+def sum_of_squares(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """Σ x² over `tensors`, accumulated in fp64 chunk by chunk: temporaries of at most 2 × 16 MB, never an fp32
+    copy of a whole (bf16) weight, so the memory peak that monitoring reports stays training's own."""
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    for t in tensors:
+        for chunk in t.detach().reshape(-1).split(1 << 22):
+            total += chunk.float().square().sum(dtype=torch.float64).to(device)
+    return total
+
+
+def dp_loss_range(rows: torch.Tensor) -> tuple[float, float] | None:
+    """(min, max) over data-parallel ranks of each rank's token-weighted mean loss; rows[r] = (loss sum, tokens)
+    of DP rank r. None with one DP rank."""
+    if rows.shape[0] < 2:
+        return None
+    means = rows[:, 0] / rows[:, 1]
+    return float(means.min()), float(means.max())
+
+
 def per_token_loss(losses: torch.Tensor, loss_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of masked per-token losses, token count) of one micro-batch, in fp32."""
     mask = loss_mask.float().view(-1)
@@ -111,11 +150,3 @@ def per_token_loss(losses: torch.Tensor, loss_mask: torch.Tensor) -> tuple[torch
 def causal_mask(seq_length: int, device: torch.device) -> torch.Tensor:
     """True = masked. Passed explicitly: megatron's default mask is built on 'cuda'."""
     return torch.triu(torch.ones(seq_length, seq_length, dtype=torch.bool, device=device), 1)[None, None]
-
-
-def nan_injection_steps() -> set[int]:
-    """Test hook (DYT_INJECT_NAN_STEPS=2,5): 0-based engine steps whose loss is made NaN, to exercise
-    train.nan_policy identically in every engine."""
-    import os
-
-    return {int(s) for s in os.environ.get("DYT_INJECT_NAN_STEPS", "").split(",") if s.strip()}

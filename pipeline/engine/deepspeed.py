@@ -23,7 +23,17 @@ from pipeline.config.schema import RunConfig
 from pipeline.model import build_model, norm_sites, transformer_config
 from pipeline.runtime import Runtime
 
-from .base import StepResult, all_finite, causal_mask, nan_injection_steps, optimizer_tensors, per_token_loss
+from .base import (
+    StepResult,
+    all_finite,
+    causal_mask,
+    dp_loss_range,
+    exact_inits,
+    optimizer_tensors,
+    per_token_loss,
+    sum_of_squares,
+    tp_unique,
+)
 from .optim import build_scheduler, optimizer_config, weight_decay_overrides
 
 log = logging.getLogger(__name__)
@@ -95,6 +105,13 @@ def _skippable(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
     return optimizer
 
 
+def _zero3_valid(param: torch.nn.Parameter) -> int:
+    """Elements of this rank's ZeRO-3 partition of `param` that hold the parameter (the rest is padding)."""
+    size = param.ds_tensor.numel()
+    start = dist.get_rank(group=param.ds_process_group) * size
+    return max(0, min(param.ds_numel - start, size))
+
+
 def _rng_state() -> dict:
     return {"torch": torch.get_rng_state(), "tracker": get_cuda_rng_tracker().get_states(),
             "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
@@ -120,29 +137,43 @@ class DeepSpeedEngine:
         self.ds, self.optimizer, _, _ = deepspeed.initialize(
             model=self.modules[0], optimizer=_skippable(client), config=self.ds_config, mpu=MegatronMPU())
         self.scheduler = build_scheduler(self.optimizer, cfg)
+        if bf16:
+            self._exact_masters()
         self._client = client
         self._mask = causal_mask(cfg.model.seq_length, runtime.device)
-        self._nan_steps = nan_injection_steps()
-        self._step = 0
+
+    @torch.no_grad()
+    def _exact_masters(self) -> None:
+        """ZeRO's fp32 master partitions of constant-initialised parameters start from the intended value,
+        not from its bf16 rounding (DeepSpeed's public fp32-parameter API)."""
+        from deepspeed.utils import safe_get_local_fp32_param, safe_set_full_fp32_param, safe_set_local_fp32_param
+
+        for param, value in exact_inits(self.modules):
+            if hasattr(param, "ds_id"):  # ZeRO-3: this rank's partition, its padding left as it is
+                local = safe_get_local_fp32_param(param)
+                local[:_zero3_valid(param)] = value
+                safe_set_local_fp32_param(param, local)
+            else:  # ZeRO 1/2: the fragment this rank owns, if any
+                safe_set_full_fp32_param(param, torch.full(param.shape, value, dtype=torch.float32,
+                                                           device=param.device))
 
     # -- one step -----------------------------------------------------------------------------------
     def _forward(self, mb: dict) -> tuple[torch.Tensor, torch.Tensor]:
         dev = self.rt.device
         losses = self.ds(mb["tokens"].to(dev), mb["position_ids"].to(dev), self._mask, labels=mb["labels"].to(dev))
-        if self._step in self._nan_steps and self.ds.training:
-            losses = losses * float("nan")
         return per_token_loss(losses, mb["loss_mask"].to(dev))
 
-    def _dp_sum(self, values: list[float]) -> torch.Tensor:
+    def _dp_sum(self, values: list[float] | torch.Tensor) -> torch.Tensor:
         """Sum over data-parallel ranks (tensor-parallel ranks hold the same data)."""
-        t = torch.tensor(values, dtype=torch.float64, device=self.rt.device)
+        t = torch.as_tensor(values, dtype=torch.float64, device=self.rt.device)
         dist.all_reduce(t, group=ps.get_data_parallel_group())
         return t
 
     def train_step(self, microbatches: list[dict]) -> StepResult:
         # DeepSpeed divides each micro-batch loss by the accumulation steps and averages gradients over
         # DP; scaling by (accumulation × DP / global tokens) makes that the megatron per-token mean.
-        tokens = int(self._dp_sum([float(sum(mb["loss_mask"].sum() for mb in microbatches))])[0].item())
+        local_tokens = float(sum(mb["loss_mask"].sum() for mb in microbatches))
+        tokens = int(self._dp_sum([local_tokens])[0].item())
         scale = len(microbatches) * self.rt.dp_size / tokens
         lr = self.optimizer.param_groups[0]["lr"]
         loss_sum = 0.0
@@ -151,16 +182,19 @@ class DeepSpeedEngine:
             loss_sum += float(loss.detach())
             self.ds.backward(loss * scale)
             if i == len(microbatches) - 1:  # the boundary: decide before DeepSpeed applies the update
-                mean = (self._dp_sum([loss_sum])[0] / tokens).item()
+                rows = torch.zeros(self.rt.dp_size, 2, dtype=torch.float64)
+                rows[self.rt.dp_rank] = torch.tensor([loss_sum, local_tokens])
+                rows = self._dp_sum(rows)  # (loss sum, tokens) of each DP rank
+                mean = (rows[:, 0].sum() / tokens).item()
                 self._client.skip_next = not torch.isfinite(torch.tensor(mean)).item()
             self.ds.step()
-        self._step += 1
         if self._client.skip_next:
-            return StepResult(loss=mean, grad_norm=float("nan"), lr=lr, tokens=tokens, skipped=True)
+            return StepResult(loss=mean, grad_norm=float("nan"), lr=lr, tokens=tokens, skipped=True,
+                              dp_loss_range=dp_loss_range(rows))
         self.scheduler.step(increment=1)
         norm = self.ds.get_global_grad_norm()
         return StepResult(loss=mean, grad_norm=float(norm) if norm is not None else float("nan"), lr=lr,
-                          tokens=tokens, skipped=False)
+                          tokens=tokens, skipped=False, dp_loss_range=dp_loss_range(rows))
 
     @torch.no_grad()
     def eval_loss(self, microbatches: list[dict]) -> float:
@@ -180,12 +214,25 @@ class DeepSpeedEngine:
         """ZeRO-3 keeps only a partition of each parameter on a rank; gather the full values to read."""
         return deepspeed.zero.GatheredParameters(params, enabled=self.cfg.deepspeed.zero_stage == 3)
 
+    def _tp_unique(self) -> list[torch.nn.Parameter]:
+        return tp_unique(list(self.modules[0].parameters()), ps.get_tensor_model_parallel_rank())
+
     def num_parameters(self) -> int:
-        local = sum(getattr(p, "ds_numel", p.numel()) for p in self.modules[0].parameters()
-                    if getattr(p, "tensor_model_parallel", False) or ps.get_tensor_model_parallel_rank() == 0)
+        local = sum(getattr(p, "ds_numel", p.numel()) for p in self._tp_unique())
         total = torch.tensor([local], dtype=torch.int64, device=self.rt.device)
         dist.all_reduce(total, group=ps.get_tensor_model_parallel_group())
         return int(total.item())
+
+    def params_norm(self) -> float:
+        """ZeRO-3 holds one partition of each parameter per DP rank: sum the partitions (less padding) over DP;
+        below ZeRO-3 every DP rank holds them whole, so DP rank 0 counts them."""
+        if self.cfg.deepspeed.zero_stage == 3:
+            tensors = [p.ds_tensor[:_zero3_valid(p)] for p in self._tp_unique()]
+        else:
+            tensors = self._tp_unique() if self.rt.dp_rank == 0 else []
+        total = sum_of_squares(tensors, self.rt.device)
+        dist.all_reduce(total)
+        return float(total.sqrt())
 
     def write_run_files(self, run_dir: Path) -> None:
         if self.rt.is_main:
@@ -234,8 +281,7 @@ class DeepSpeedEngine:
             log.warning("checkpoint %s was saved with %s; now %s: resumed through DeepSpeed's universal "
                         "checkpoint (weights, optimizer state, schedule; RNG streams restart from the seed)",
                         directory, saved_layout, self.layout())
-        self._step = int(client["step"])
-        return self._step
+        return int(client["step"])
 
     def _to_universal(self, directory: Path, saved_layout: dict) -> Path:
         """DeepSpeed's `ds_to_universal` conversion (once per checkpoint, cached in the run's cache dir)."""
@@ -292,6 +338,10 @@ class DeepSpeedEngine:
         else:
             raise RuntimeError("weights of a ZeRO-3 run with tensor parallelism load only by resuming in the "
                                "same layout (checkpoint.resume)")
+        self.load_model_state([state])
+
+    def load_model_state(self, states: list[dict]) -> None:
+        (state,) = states
         params = list(self.modules[0].parameters())
         with deepspeed.zero.GatheredParameters(params, modifier_rank=0,
                                                enabled=self.cfg.deepspeed.zero_stage == 3):

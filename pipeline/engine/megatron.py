@@ -7,13 +7,15 @@ Parallelism (TP/SP/PP/VPP/DP/CP, distributed optimizer) is megatron's: this file
 import functools
 import logging
 import signal
+import warnings
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing
 from megatron.core import parallel_state as ps
-from megatron.core.dist_checkpointing.mapping import ShardedObject
+from megatron.core.dist_checkpointing.dict_utils import nested_values
+from megatron.core.dist_checkpointing.mapping import ShardedObject, ShardedTensor, ShardedTensorFactory
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
 from megatron.core.optimizer import get_megatron_optimizer
 from megatron.core.pipeline_parallel import get_forward_backward_func
@@ -23,16 +25,20 @@ from megatron.core.transformer.module import Float16Module
 from pipeline import cpu_compat
 from pipeline.config.schema import RunConfig
 from pipeline.model import build_model, norm_sites, transformer_config
+from pipeline.process import die_with_parent
 from pipeline.runtime import Runtime
 
 from .base import (
     StepResult,
     all_finite,
     causal_mask,
-    nan_injection_steps,
+    dp_loss_range,
+    exact_inits,
     no_gather,
     optimizer_tensors,
     per_token_loss,
+    sum_of_squares,
+    tp_unique,
 )
 from .optim import build_scheduler, optimizer_config, weight_decay_overrides
 
@@ -45,18 +51,45 @@ def _loss_func(loss_mask: torch.Tensor, output: torch.Tensor):
     return loss, count.to(torch.int), {"lm loss": torch.stack([loss.detach(), count])}
 
 
-def _start_writer_queue() -> None:
-    """dist_checkpointing reports writes through a Manager process that lives as long as training.
-    SLURM signals every process of a job step on preemption; started with SIGTERM/SIGUSR1 ignored (SIG_IGN
-    survives exec) it outlives the signal, so the preemption checkpoint can still be written."""
-    from megatron.core.dist_checkpointing.strategies.filesystem_async import get_write_results_queue
+_writer_managers: list = []
 
-    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGTERM, signal.SIGUSR1)}
-    try:
-        get_write_results_queue(cpu_compat.checkpoint_queue_start_method())
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
+
+def _writer_queue_process_init() -> None:
+    # SLURM signals every process of a job step on preemption: ignoring SIGTERM/SIGUSR1 keeps this process
+    # alive for the preemption checkpoint; it dies with its worker instead (even a SIGKILLed one).
+    for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+        signal.signal(s, signal.SIG_IGN)
+    die_with_parent(signal.SIGKILL)
+
+
+def _start_writer_queue() -> None:
+    """dist_checkpointing reports writes through a Manager process that lives as long as training. We start
+    it ourselves (megatron's `get_write_results_queue` takes no initializer) and hand megatron its queue."""
+    from multiprocessing import get_context
+    from multiprocessing.managers import SyncManager
+
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    if filesystem_async._results_queue is None:
+        manager = SyncManager(ctx=get_context(cpu_compat.checkpoint_queue_start_method()))
+        manager.start(initializer=_writer_queue_process_init)
+        filesystem_async._results_queue = manager.Queue()
+        _writer_managers.append(manager)  # a Manager shuts down when garbage-collected
+
+
+def _check_same_model(directory: Path, template: dict) -> None:
+    """Collective: the checkpoint holds exactly this model's tensors. dist_checkpointing loads what the model asks for
+    and ignores the rest, so a DyT checkpoint read into an RMSNorm model would keep every γ and drop every α."""
+    with warnings.catch_warnings():  # torch DCP's note on reading metadata outside a process group
+        warnings.simplefilter("ignore")
+        saved = {k for k in dist_checkpointing.load_tensors_metadata(str(directory)) if not k.startswith("optimizer.")}
+    wanted = {v.key for v in nested_values(template) if isinstance(v, (ShardedTensor, ShardedTensorFactory))}
+    everyone: list = [None] * dist.get_world_size()  # pipeline stages hold different parts of the model
+    dist.all_gather_object(everyone, wanted)
+    wanted = set().union(*everyone)
+    if saved != wanted:
+        raise RuntimeError(f"{directory} holds another model than this config builds: tensors only in the checkpoint: "
+                           f"{sorted(saved - wanted) or 'none'}; only in the model: {sorted(wanted - saved) or 'none'}")
 
 
 def _rng_state() -> ShardedObject:
@@ -117,6 +150,8 @@ class MegatronEngine:
         self.optimizer = get_megatron_optimizer(opt_config, self.model,
                                                 config_overrides=weight_decay_overrides(cfg, opt_config))
         self.scheduler = build_scheduler(self.optimizer, cfg)
+        if bf16:
+            self._exact_masters()
         self.config.finalize_model_grads_func = finalize_model_grads
         self.config.grad_scale_func = self.optimizer.scale_loss
         no_sync = [m.no_sync for m in self.model]
@@ -125,24 +160,29 @@ class MegatronEngine:
             sync = [m.start_param_sync for m in self.model]
             self.config.param_sync_func = sync[0] if len(sync) == 1 else sync
         self._mask = causal_mask(cfg.model.seq_length, runtime.device)
-        self._nan_steps = nan_injection_steps()
-        self._step = 0
         _start_writer_queue()
 
+    @torch.no_grad()
+    def _exact_masters(self) -> None:
+        """fp32 master copies (Float16Optimizer: whole; DistributedOptimizer: this rank's shard, or None) of
+        constant-initialised parameters start from the intended value, not from its bf16 rounding."""
+        for param, value in exact_inits(self.modules):
+            main = getattr(param, "main_param", None)
+            if main is not None:
+                main.fill_(value)
+
     # -- one step -----------------------------------------------------------------------------------
-    def _forward_step(self, data_iterator, model, inject_nan: bool = False):
+    def _forward_step(self, data_iterator, model):
         batch = next(data_iterator)
         dev = self.rt.device
         output = model(batch["tokens"].to(dev), batch["position_ids"].to(dev), self._mask,
                        labels=batch["labels"].to(dev))
-        if inject_nan:
-            output = output * float("nan")
         return output, functools.partial(_loss_func, batch["loss_mask"].to(dev))
 
-    def _run(self, microbatches: list[dict], forward_only: bool, inject_nan: bool = False) -> tuple[float, int]:
+    def _run(self, microbatches: list[dict], forward_only: bool) -> tuple[float, int, torch.Tensor]:
         iters = [iter(microbatches) for _ in self.model]
         reports = get_forward_backward_func()(
-            forward_step_func=functools.partial(self._forward_step, inject_nan=inject_nan),
+            forward_step_func=self._forward_step,
             data_iterator=iters if len(iters) > 1 else iters[0],
             model=self.model if len(self.model) > 1 else self.model[0],
             num_microbatches=len(microbatches),
@@ -151,34 +191,35 @@ class MegatronEngine:
             forward_only=forward_only,
         )
         # Loss sums live on the last pipeline stage; TP/CP replicas scale sum and count alike, so a
-        # world all-reduce of (sum, count) gives every rank the exact global mean.
-        total = torch.zeros(2, dtype=torch.float64, device=self.rt.device)
-        for r in reports:
-            total += r["lm loss"].to(total)
-        if not ps.is_pipeline_last_stage(ignore_virtual=True) or not reports:
-            total.zero_()
-        dist.all_reduce(total)
+        # world all-reduce of (sum, count) per DP rank gives every rank the exact global mean (and each DP
+        # rank's own, for the loss spread across data-parallel ranks).
+        rows = torch.zeros(self.rt.dp_size, 2, dtype=torch.float64, device=self.rt.device)
+        if ps.is_pipeline_last_stage(ignore_virtual=True):
+            for r in reports:
+                rows[ps.get_data_parallel_rank()] += r["lm loss"].to(rows)
+        dist.all_reduce(rows)
+        total = rows.sum(0)
         tokens = int(total[1].item()) // (ps.get_tensor_model_parallel_world_size()
                                          * ps.get_context_parallel_world_size())
-        return (total[0] / total[1]).item(), tokens
+        return (total[0] / total[1]).item(), tokens, rows
 
     def train_step(self, microbatches: list[dict]) -> StepResult:
         for m in self.model:
             m.zero_grad_buffer()
         self.optimizer.zero_grad()
-        loss, tokens = self._run(microbatches, forward_only=False, inject_nan=self._step in self._nan_steps)
+        loss, tokens, rows = self._run(microbatches, forward_only=False)
         lr = self.optimizer.param_groups[0]["lr"]
-        self._step += 1
         if not torch.isfinite(torch.tensor(loss)):
             # Never apply an update computed from a non-finite loss; the loop decides skip vs stop.
             for m in self.model:
                 m.zero_grad_buffer()
-            return StepResult(loss=loss, grad_norm=float("nan"), lr=lr, tokens=tokens, skipped=True)
+            return StepResult(loss=loss, grad_norm=float("nan"), lr=lr, tokens=tokens, skipped=True,
+                              dp_loss_range=dp_loss_range(rows))
         ok, grad_norm, _ = self.optimizer.step()
         if ok:
             self.scheduler.step(increment=1)
         return StepResult(loss=loss, grad_norm=float(grad_norm if grad_norm is not None else float("nan")),
-                          lr=lr, tokens=tokens, skipped=not ok)
+                          lr=lr, tokens=tokens, skipped=not ok, dp_loss_range=dp_loss_range(rows))
 
     @torch.no_grad()
     def eval_loss(self, microbatches: list[dict]) -> float:
@@ -196,17 +237,21 @@ class MegatronEngine:
 
     gathered = staticmethod(no_gather)
 
+    def _own_params(self) -> list[torch.nn.Parameter]:
+        """This (pp, tp) rank's parameters, tensor-parallel replicas only on tp rank 0; none on DP replicas."""
+        if ps.get_data_parallel_rank(with_context_parallel=True) != 0:
+            return []
+        return tp_unique([p for m in self.modules for p in m.parameters()], ps.get_tensor_model_parallel_rank())
+
     def num_parameters(self) -> int:
-        """Each (pp, tp) rank counts its own; tensor-parallel replicas (norms, the scalar) only on tp rank 0."""
-        local = 0
-        for m in self.modules:
-            for prm in m.parameters():
-                if getattr(prm, "tensor_model_parallel", False) or ps.get_tensor_model_parallel_rank() == 0:
-                    local += prm.numel()
-        total = torch.tensor([local if ps.get_data_parallel_rank(with_context_parallel=True) == 0 else 0],
-                             dtype=torch.int64, device=self.rt.device)
+        total = torch.tensor([sum(p.numel() for p in self._own_params())], dtype=torch.int64, device=self.rt.device)
         dist.all_reduce(total)
         return int(total.item())
+
+    def params_norm(self) -> float:
+        total = sum_of_squares(self._own_params(), self.rt.device)
+        dist.all_reduce(total)
+        return float(total.sqrt())
 
     def write_run_files(self, run_dir: Path) -> None:
         """Nothing beyond config.yaml: the TransformerConfig is derived from it."""
@@ -232,11 +277,8 @@ class MegatronEngine:
         return self.optimizer.sharded_state_dict(model_state, is_loading=is_loading, metadata=metadata)
 
     def _load_model(self, state: dict) -> None:
-        if len(self.modules) == 1:
-            self.modules[0].load_state_dict(state["model"])
-        else:
-            for i, m in enumerate(self.modules):
-                m.load_state_dict(state[f"model{i}"])
+        self.load_model_state([state["model"]] if len(self.modules) == 1 else
+                              [state[f"model{i}"] for i in range(len(self.modules))])
 
     def save(self, directory: Path, step: int, async_save: bool = False) -> _AsyncSave | None:
         state = self._model_state()
@@ -277,8 +319,17 @@ class MegatronEngine:
                         "optimizer state starts fresh", directory, saved_layout, self.layout())
         common = dist_checkpointing.load_common_state_dict(str(directory))
         self.scheduler.load_state_dict(common["scheduler"])
-        self._step = int(common["step"])
-        return self._step
+        return int(common["step"])
 
     def load_weights(self, directory: Path, saved_layout: dict) -> None:
-        self._load_model(dist_checkpointing.load(self._model_state(), str(directory)))
+        template = self._model_state()
+        _check_same_model(directory, template)
+        self._load_model(dist_checkpointing.load(template, str(directory)))
+
+    def load_model_state(self, states: list[dict]) -> None:
+        for module, state in zip(self.modules, states, strict=True):
+            module.load_state_dict(state)
+        # bf16: the fp32 masters (whole or DistributedOptimizer shards) are copies made at build time; without
+        # this the first step would write them, i.e. the initial weights, back over the loaded ones. (A
+        # resume in the same layout then loads the saved masters over these.)
+        self.optimizer.reload_model_params()

@@ -12,6 +12,7 @@ import pytest
 
 from pipeline.checkpoint import integrity
 from pipeline.checkpoint.diagnose import describe
+from tests.faults import fault_env
 from tests.helpers import REPO, launch, run_python, scalars
 
 STEPS = 10
@@ -242,22 +243,22 @@ def test_disk_full_is_named_and_keeps_the_previous_checkpoint(runs, tmp_path, po
     assert proc.returncode != 0
     status = json.loads((run / "status.json").read_text())
     assert status["state"] == "failed"
-    assert "no space left on device" in status["reason"] and "could not be saved in" in status["reason"]
+    assert "no space left on device" in status["message"] and "could not be saved in" in status["message"]
     assert not list(ck.glob("*.partial"))  # removed (or marked .failed: neither is left as a .partial)
     if policy == "fail":
-        assert "step_0000004.partial" in status["reason"] and status["step"] == 4
+        assert "step_0000004.partial" in status["message"] and status["step"] == 4
         assert (ck / "latest").read_text().strip() == "step_0000002"
         integrity.verify(ck / "step_0000002")
         assert [p.name for p in ck.iterdir() if p.is_dir()] == ["step_0000002"]
     else:  # every save failed; training went on to the end, whose save must succeed or fail the run
         assert "checkpoint step_0000002 could not be saved" in proc.stderr and "Training continues" in proc.stderr
-        assert "step_0000006.partial" in status["reason"] and status["step"] == 6
+        assert "step_0000006.partial" in status["message"] and status["step"] == 6
         assert not (ck / "latest").exists() and not [p for p in ck.iterdir() if p.is_dir()]
 
 
 @pytest.mark.slow
 def test_async_saves_match_sync_ones_and_a_crash_falls_back(runs, tmp_path):
-    crashed = runs.run("async", ["checkpoint.async_save=true"], env={"DYT_FAIL_AT_STEP": "5"}, check=False)
+    crashed = runs.run("async", ["checkpoint.async_save=true"], env=fault_env(crash_after_step=5), check=False)
     run, ck = runs.root / "async", runs.root / "async" / "checkpoints"
     assert crashed.returncode != 0
     # The save of step 4 was in flight (or written but not yet completed on every rank): never committed.
