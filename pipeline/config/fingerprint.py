@@ -12,7 +12,7 @@ from .loader import to_dict
 from .schema import RunConfig
 
 IGNORED = ("name", "output_dir", "launch", "logging", "checkpoint", "parallel", "deepspeed", "train.steps",
-           "train.log_interval", "train.eval_interval", "train.eval_iters", "train.device", "data.num_workers",
+           "train.log_interval", "train.eval_interval", "train.eval_iters", "train.device",
            "data.prepare")
 
 

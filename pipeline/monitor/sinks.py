@@ -39,7 +39,12 @@ class TensorBoardSink:
 
     def histograms(self, values: dict[str, list[float]], step: int) -> None:
         for tag, v in values.items():
-            self.writer.add_histogram(tag, np.asarray(v, dtype=np.float64), step)
+            # TensorBoard's bins span |x| < 1e20; values beyond (a diverging run's, NaN and inf included) would
+            # make it raise "The histogram is empty": leave them out. The divergence guard stops such a run.
+            data = np.asarray(v, dtype=np.float64)
+            data = data[np.abs(data) < 1e20]
+            if data.size:
+                self.writer.add_histogram(tag, data, step)
 
     def text(self, tag: str, text: str, step: int) -> None:
         self.writer.add_text(tag, text, step)

@@ -156,3 +156,17 @@ def test_fms_fsdp_schedule_matches_the_paper_code():
     for x in range(n + 5):
         assert opt.param_groups[0]["lr"] == pytest.approx(3e-4 * official(x), rel=1e-12, abs=1e-15), x
         sched.step(increment=1)
+
+
+def test_histograms_of_a_diverged_run_do_not_stop_it(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from pipeline.monitor.sinks import TensorBoardSink
+
+    sink = TensorBoardSink(tmp_path)
+    # TensorBoard raises "The histogram is empty" on these; α of a run trained at lr 1e6 looks like this.
+    sink.histograms({"alpha/attention": [float("nan"), float("inf")], "alpha/mlp": [1e25, 2.0, 3.0]}, 1)
+    sink.close()
+    acc = EventAccumulator(str(tmp_path), size_guidance={"histograms": 0})
+    acc.Reload()
+    assert acc.Tags()["histograms"] == ["alpha/mlp"] and acc.Histograms("alpha/mlp")[0].histogram_value.num == 2
