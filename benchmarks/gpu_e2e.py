@@ -57,7 +57,7 @@ import gpu_check  # noqa: E402
 from data_prep.files import atomic_write_bytes  # noqa: E402
 from pipeline import runtime  # noqa: E402
 from pipeline.model import ffn_hidden_size, flops_per_token  # noqa: E402
-from pipeline.monitor import device_peak_tflops  # noqa: E402
+from pipeline.monitor.metrics import device_peak_tflops  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "e2e"
 MODEL_RTOL = 5e-2  # weight gradients, kernels vs every norm eager: relative L2 per matrix (bf16, same weights)

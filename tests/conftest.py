@@ -1,6 +1,13 @@
+import os
 from pathlib import Path
 
 import pytest
+import torch
+
+# Before any test module is collected: TRITON_INTERPRET must be set before `pipeline.kernels.dyt_triton`
+# (the @triton.jit definitions) is first imported, by whichever test gets there first.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="session")
