@@ -11,7 +11,9 @@ BENCH_ARGS ?=
 RUN ?=
 
 LAUNCH_FLAGS := $(if $(LAUNCHER),--launcher $(LAUNCHER)) $(if $(NODES),--nodes $(NODES))
-OVERRIDE_FLAGS := $(foreach o,$(OVERRIDES),--override $(o))
+# `make data LAUNCHER=slurm` prepares on SLURM; as a step of `make pretrain` the data is prepared here
+# (up to date at once when `make data LAUNCHER=slurm NODES=N` built it before).
+DATA_FLAGS := $(if $(filter data,$(MAKECMDGOALS)),$(LAUNCH_FLAGS))
 
 .PHONY: help setup pretrain data test test-fast lint tensorboard clean-runs bench-kernels gpu-check bench-data compare bench-model scurve
 
@@ -25,8 +27,8 @@ setup:  ## create/refresh .venv (pinned torch, megatron-core, deepspeed, ...); n
 pretrain: setup data  ## prepare data and train CONFIG (default tiny_dyt) with OVERRIDES
 	$(PY) -m launch $(CONFIG) $(OVERRIDES) $(LAUNCH_FLAGS)
 
-data: setup  ## build CONFIG's data (tokenizer + .bin/.idx shards + manifest); no-op when up to date
-	$(PY) -m data_prep --config $(CONFIG) $(OVERRIDE_FLAGS)
+data: setup  ## build CONFIG's data (tokenizer + .bin/.idx shards + manifest); LAUNCHER=slurm NODES=N: N shards
+	$(PY) -m launch.data $(CONFIG) $(OVERRIDES) $(DATA_FLAGS)
 
 test: setup  ## the full test suite (what CI runs)
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -53,7 +55,7 @@ bench-kernels: setup  ## DyT kernel benchmark (GPU: ours/eager/compile/Liger/TE 
 gpu-check: setup  ## one-command GPU check of the kernels (< 8 min on one H200); writes benchmarks/results/kernels/
 	$(PY) benchmarks/gpu_check.py
 
-bench-data: setup  ## data prep throughput: data_prep workers vs a single-process baseline (generated corpus)
+bench-data: setup  ## data prep throughput (MEGATRON_LM=<checkout>: side by side with its preprocess_data.py)
 	$(PY) benchmarks/bench_data.py $(BENCH_ARGS)
 
 tensorboard: setup  ## TensorBoard over every run in runs/

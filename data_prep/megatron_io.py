@@ -1,10 +1,12 @@
 """megatron-core's indexed dataset module, imported on first use (5 s, and noisy on CPU machines)."""
 
 import functools
+import gc
 import logging
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from types import ModuleType
 
 
@@ -33,3 +35,20 @@ def no_rank_warning() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Could not determine rank")
         yield
+
+
+def concat_shards(prefixes: list[Path], dest: Path, dtype: str) -> None:
+    """`dest`.bin/.idx: the shards at `prefixes` one after the other (megatron's add_index)."""
+    import numpy
+
+    builder = indexed_dataset().IndexedDatasetBuilder(f"{dest}.bin", dtype=getattr(numpy, dtype))
+    # add_index runs gc.collect() per shard: 0.5 s each with torch loaded, unless the objects that
+    # exist already are frozen out of collection.
+    gc.freeze()
+    try:
+        with no_rank_warning():
+            for p in prefixes:
+                builder.add_index(str(p))
+    finally:
+        gc.unfreeze()
+    builder.finalize(f"{dest}.idx")

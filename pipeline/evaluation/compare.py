@@ -153,9 +153,7 @@ def ensure_data(p: RunPlan) -> None:
 
     if manifest_path(p.cfg).is_file() or p.cfg.data.prepare is None:
         return
-    cmd = [sys.executable, "-m", "data_prep", "--config", p.config]
-    for o in p.overrides:
-        cmd += ["-o", o]
+    cmd = [sys.executable, "-m", "launch.data", p.config, *p.overrides, "--launcher", "local"]  # here, now
     print(f"== data: {manifest_path(p.cfg)} missing, preparing it ({' '.join(cmd[1:])})", flush=True)
     if subprocess.run(cmd, env=child_env()).returncode != 0:
         raise CompareError(f"data preparation failed: {' '.join(cmd)}")
