@@ -8,6 +8,7 @@ LAUNCHER ?=
 NODES ?=
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+MEGATRON_LM ?=
 RUN ?=
 
 LAUNCH_FLAGS := $(if $(LAUNCHER),--launcher $(LAUNCHER)) $(if $(NODES),--nodes $(NODES))
@@ -56,7 +57,7 @@ gpu-check: setup  ## one-command GPU check of the kernels (< 8 min on one H200);
 	$(PY) benchmarks/gpu_check.py
 
 bench-data: setup  ## data prep throughput (MEGATRON_LM=<checkout>: side by side with its preprocess_data.py)
-	$(PY) benchmarks/bench_data.py $(BENCH_ARGS)
+	$(PY) benchmarks/bench_data.py $(if $(MEGATRON_LM),--megatron-lm $(MEGATRON_LM)) $(BENCH_ARGS)
 
 tensorboard: setup  ## TensorBoard over every run in runs/
 	$(VENV)/bin/tensorboard --logdir runs --port $${PORT:-6006}

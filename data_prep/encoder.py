@@ -6,11 +6,12 @@ but a token never spans a point where no vocabulary piece could: if no piece hol
 next to each other, the segmentations left and right of a c1|c2 boundary are independent, and the ids
 of the document are the ids of its parts, each encoded alone. `UnitEncoder` cuts a text at such
 boundaries — before a run of spaces (SentencePiece's "▁"; pieces only start with it), and between
-letters, digits and other characters (pieces do not mix Unicode scripts or digits) — and encodes each
-distinct unit once. What makes this exact is checked on the model itself: its normalization (identity,
-spaces kept), and every vocabulary piece must be one unit; a character that joins two classes inside
-some piece (e.g. "½" in "¿½") sends the documents holding it to plain SentencePiece, and so do units
-with unknown characters (SentencePiece fuses adjacent unknowns) and the literal "▁".
+ASCII letters, digits and other ASCII characters (SentencePiece's trainer never mixes Unicode scripts
+or digits in a piece) — and encodes each distinct unit once. What makes this exact is checked on the
+model itself: its normalization (identity, spaces kept), and every vocabulary piece must be one unit;
+a character that joins two classes inside some piece sends the documents holding it to plain
+SentencePiece, and so do units with unknown characters (SentencePiece fuses adjacent unknowns) and the
+literal "▁".
 
 Hugging Face `tokenizers` was measured as the alternative (the model converted to a BPE `Tokenizer`
 gave identical ids) but is not faster than SentencePiece per core on whole documents, and slower on
@@ -22,19 +23,24 @@ import itertools
 import re
 from collections.abc import Iterable
 
-# Units: optional leading spaces, then a run of one class (letters / digits / anything else), or a
-# trailing run of spaces.
-_LETTER, _DIGIT, _OTHER = r"[^\W\d_]", r"\d", r"(?:[^\w ]|_)"
-UNIT = re.compile(rf" *(?:{_LETTER}+|{_DIGIT}+|{_OTHER}+)| +")
-_CLASSES = (re.compile(_LETTER), re.compile(_DIGIT))
+# Units: optional leading spaces, then characters up to the next cut: a cut falls between two ASCII
+# characters of different classes (letters, digits, the rest), never next to a non-ASCII character
+# (SentencePiece joins "’" with "." or "é" with "caf", and telling them apart would need Unicode
+# categories: slow). A trailing run of spaces is a unit too. Character ranges and possessive
+# quantifiers keep the regex fast.
+_ASCII_CLASSES = ("A-Za-z", "0-9", "\x00-\x1f\x21-\x2f\x3a-\x40\x5b-\x60\x7b-\x7f")
+_RUN = "(?:" + "|".join(f"[{c}]++" for c in _ASCII_CLASSES) + ")"
+_GLUE = "[^\x00-\x7f]++"
+UNIT = re.compile(f" *+(?:{_GLUE}{_RUN}?+|{_RUN})(?:{_GLUE}{_RUN}?+)*+| ++")
+_CLASS_OF = [re.compile(f"[{c}]") for c in _ASCII_CLASSES]
 _ALWAYS_SLOW = "\u2581\0"  # SentencePiece's own space mark, and NUL: plain SentencePiece decides
 CACHE_UNITS = 1 << 18  # distinct units kept per process (~30 MB); the cache is emptied when full
 BPE, UNIGRAM = 2, 1  # ModelProto.TrainerSpec.model_type
 _PIECE_TYPES = (1, 4, 5)  # NORMAL, USER_DEFINED, UNUSED: pieces matched against text
 
 
-def _char_class(c: str) -> int:
-    return next((i for i, pattern in enumerate(_CLASSES) if pattern.match(c)), len(_CLASSES))
+def _cut_between(a: str, b: str) -> bool:
+    return a.isascii() and b.isascii() and not any(p.match(a) and p.match(b) for p in _CLASS_OF)
 
 
 def unit_plan(proto) -> tuple[str | None, str]:
@@ -49,15 +55,14 @@ def unit_plan(proto) -> tuple[str | None, str]:
         return "it treats whitespace as a suffix", ""
     slow = set(_ALWAYS_SLOW)
     for p in proto.pieces:
-        if p.type not in _PIECE_TYPES:
-            continue
         text = p.piece.replace("\u2581", " ")
+        if p.type not in _PIECE_TYPES or len(UNIT.findall(text)) == 1:
+            continue
         if re.search(r"[^ ] ", text):
             return f"piece {p.piece!r} has a space after other characters", ""
-        body = text.lstrip(" ")
-        for a, b in itertools.pairwise(body):
-            if a not in slow and b not in slow and _char_class(a) != _char_class(b):
-                slow.add(a if not a.isascii() else b)  # rather the non-ASCII (rarer) character
+        for a, b in itertools.pairwise(text.lstrip(" ")):  # a piece that joins two classes
+            if a not in slow and b not in slow and _cut_between(a, b):
+                slow.add(b)
     return None, "".join(sorted(slow))
 
 
@@ -74,7 +79,7 @@ class UnitEncoder:
         proto.normalizer_spec.add_dummy_prefix = False  # units after the first carry their own spaces
         self._sp = spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
         self._unk = self._sp.unk_id()
-        self._slow = re.compile("[" + re.escape(slow_chars) + "]")
+        self._slow = slow_chars
         self._typecode = typecode
         self._cache: dict[str, bytes | None] = {}
 
@@ -82,7 +87,7 @@ class UnitEncoder:
         return None if self._unk in ids else array.array(self._typecode, ids).tobytes()
 
     def encode(self, texts: list[str]) -> list[bytes | None]:
-        units = [None if self._slow.search(t) else UNIT.findall(self._prefix + t) for t in texts]
+        units = [None if any(c in t for c in self._slow) else UNIT.findall(self._prefix + t) for t in texts]
         distinct = set(itertools.chain.from_iterable(u for u in units if u is not None))
         if len(self._cache) + len(distinct) > CACHE_UNITS:
             self._cache.clear()
