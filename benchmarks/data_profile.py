@@ -45,6 +45,7 @@ def profile(corpus: Path, model: Path, work: Path) -> list[dict]:
     from data_prep.encoder import Encoder
     from data_prep.megatron_io import indexed_dataset, token_dtype
     from data_prep.split import doc_hasher
+    from data_prep.writer import batches as writer_batches
 
     lines = corpus.read_bytes().splitlines()
     texts, t_json = _cpu(lambda: [json.loads(line)["text"] for line in lines])
@@ -52,7 +53,7 @@ def profile(corpus: Path, model: Path, work: Path) -> list[dict]:
     _, t_hash = _cpu(lambda: [digest(t) for t in texts])
     sp = spm.SentencePieceProcessor(model_file=str(model))
     dtype = numpy.dtype(token_dtype(sp.vocab_size()))
-    batches = [texts[i:i + 256] for i in range(0, len(texts), 256)]
+    batches = list(writer_batches(texts))  # as data_prep's writer groups them
     plain = Encoder(str(model), dtype.char, units=False)
     ids, t_sp = _cpu(lambda: [b for batch in batches for b in plain.encode(batch)])
     units = Encoder(str(model), dtype.char, units=True)

@@ -34,7 +34,7 @@ _GLUE = "[^\x00-\x7f]++"
 UNIT = re.compile(f" *+(?:{_GLUE}{_RUN}?+|{_RUN})(?:{_GLUE}{_RUN}?+)*+| ++")
 _CLASS_OF = [re.compile(f"[{c}]") for c in _ASCII_CLASSES]
 _ALWAYS_SLOW = "\u2581\0"  # SentencePiece's own space mark, and NUL: plain SentencePiece decides
-CACHE_UNITS = 1 << 18  # distinct units kept per process (~30 MB); the cache is emptied when full
+CACHE_UNITS = 1 << 19  # distinct units kept per process (~60 MB); the cache is emptied when full
 BPE, UNIGRAM = 2, 1  # ModelProto.TrainerSpec.model_type
 _PIECE_TYPES = (1, 4, 5)  # NORMAL, USER_DEFINED, UNUSED: pieces matched against text
 
@@ -116,12 +116,12 @@ class Encoder:
         self._sp = spm.SentencePieceProcessor(model_proto=model)
         self._typecode = typecode
         self.units: UnitEncoder | None = None
+        self.why_not_units = None if units else "fast_encode: false"
         if units:
             proto = pb.ModelProto()
             proto.ParseFromString(model)
-            why_not, slow = unit_plan(proto)
-            self.why_not_units = why_not
-            if why_not is None:
+            self.why_not_units, slow = unit_plan(proto)
+            if self.why_not_units is None:
                 self.units = UnitEncoder(model, slow, typecode)
 
     def plain(self, texts: list[str]) -> list[bytes]:

@@ -17,9 +17,11 @@ def _encoded(new: list[dict], seconds: float) -> str:
     units = [r for r in new if r["encoder"] == "units"]
     how = ""
     if new:
+        why = next((r.get("why_not_units") for r in new if r.get("why_not_units")), None)
         how = (f"; unit cache, ids checked against SentencePiece on {sum(r['checked'] for r in units):,} "
                "documents" if len(units) == len(new) else
-               "; SentencePiece" + (f" ({len(units)} partitions by the unit cache)" if units else ""))
+               "; SentencePiece" + (f" ({len(units)} partitions by the unit cache)" if units else "")
+               + (f" (no unit cache: {why})" if why else ""))
     return f"encoded {docs:,} documents, {tokens:,} tokens in {seconds:.1f} s{rate}{how}"
 
 

@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nodes", type=int, help="SLURM: shards, one node each (default: launch.nodes; the "
                     "training layout is not changed)")
     ap.add_argument("--force", action="store_true", help="redo everything, ignoring finished partitions")
-    ap.add_argument("--dry-run", action="store_true", help="SLURM: print the batch scripts, submit nothing")
+    ap.add_argument("--dry-run", action="store_true", help="print what would run (SLURM: the batch scripts)")
     add_stage_flags(ap)
     args = ap.parse_intermixed_args(argv)
     overrides = list(args.overrides)
@@ -49,6 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
+    if args.dry_run:
+        prep = cfg.data.prepare
+        print(f"would prepare {prep.output_dir}/manifest.json here from {len(prep.sources)} sources with "
+              f"{prep.workers} workers")
+        return 0
     return run(cfg.data.prepare, args.force, args.stage, args.shard_of)
 
 

@@ -65,8 +65,10 @@ def test_slurm_dry_run_scripts(tmp_path, capsys):
         assert "#SBATCH --partition=cpu" in script and "#SBATCH --time=1-00:00:00" in script
         assert "gpus" not in script  # data preparation needs none
     assert "#SBATCH --array=0-3" in scripts["encode"]
+    assert "launch.nodes" not in out and "--nodes=4" not in out  # NODES counts shards, not training nodes
     assert '--shard-of "$SLURM_ARRAY_TASK_ID/4"' in scripts["encode"]
     assert "--stage tokenizer" in scripts["tokenizer"] and "--stage finish" in scripts["finish"]
+    assert main([config, "--dry-run"]) == 0 and "would prepare" in capsys.readouterr().out
     assert not (tmp_path / "out").exists()  # a dry run writes nothing
 
 
