@@ -6,8 +6,9 @@ Megatron-LM runs from the given checkout with the installed megatron-core (`--ap
 document per JSON line); data_prep runs as `python -m data_prep ... --valid-fraction 0 --merge`, so
 both write one .bin/.idx of the same documents and the files can be compared byte for byte.
 
-Per row: wall seconds, CPU seconds of the process and all its workers, peak RSS of the process tree
-(summed, sampled every 50 ms), docs/s and tokens/s (wall), tokens per CPU-second (the per-core rate:
+Per row: wall seconds, CPU seconds of the process and all its workers, peak memory of the process tree
+(the sum of its processes' PSS, sampled every 50 ms: pages that forked workers share are counted once,
+not once per process as RSS would), docs/s and tokens/s (wall), tokens per CPU-second (the per-core rate:
 it does not depend on how many cores were free), and the ratio data_prep / Megatron-LM of both. Both
 tools import megatron-core (and torch) first, seconds of CPU that do not grow with the corpus: each
 round also runs both on the corpus's first document alone, and "after startup" subtracts that CPU
@@ -27,14 +28,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def measure(cmd: list[str], env: dict, cwd: Path) -> dict:
-    """Run `cmd` to the end: wall and CPU seconds (it and its reaped children), peak RSS of its tree."""
+    """Run `cmd` to the end: wall and CPU seconds (it and its reaped children), peak PSS of its tree."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     root, peak = psutil.Process(proc.pid), 0
     while proc.poll() is None:
         try:
-            peak = max(peak, sum(p.memory_info().rss for p in [root, *root.children(recursive=True)]))
+            peak = max(peak, sum(p.memory_full_info().pss for p in [root, *root.children(recursive=True)]))
         except psutil.Error:  # a process ended while it was read
             pass
         time.sleep(0.05)
@@ -43,7 +44,7 @@ def measure(cmd: list[str], env: dict, cwd: Path) -> dict:
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr.read().decode()[-3000:]}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"seconds": wall, "cpu_seconds": cpu, "peak_rss_mb": peak / 2**20}
+    return {"seconds": wall, "cpu_seconds": cpu, "peak_pss_mb": peak / 2**20}
 
 
 def megatron_cmd(checkout: Path, corpus: Path, model: Path, out: Path, workers: int) -> list[str]:
@@ -90,7 +91,7 @@ def side_by_side(checkout: Path, corpus: Path, model: Path, work: Path, workers:
                 m = measure(data_prep_cmd(inp, model, out, w), env, REPO)
             rows.setdefault(out.name, []).append(m)
             print(f"round {r + 1}/{rounds}: {out.name:22}: {m['seconds']:.1f} s wall, {m['cpu_seconds']:.1f} CPU s, "
-                  f"{m['peak_rss_mb']:.0f} MB", flush=True)
+                  f"{m['peak_pss_mb']:.0f} MB", flush=True)
     docs, tokens = count(outputs("megatron", work / f"megatron-w{workers[0]}")[1])
     identical = {}
     for w in workers:
@@ -110,7 +111,7 @@ def summarize(result: dict, workers: list[int]) -> list[dict]:
         pair = {}
         for tool in ("megatron", "data_prep"):
             runs = result["runs"][f"{tool}-w{w}"]
-            row = {k: median([r[k] for r in runs]) for k in ("seconds", "cpu_seconds", "peak_rss_mb")}
+            row = {k: median([r[k] for r in runs]) for k in ("seconds", "cpu_seconds", "peak_pss_mb")}
             startup = median([r["cpu_seconds"] for r in result["runs"][f"{tool}-w{w}-startup"]])
             row |= {"tool": tool, "workers": w, "docs_per_s": result["documents"] / row["seconds"],
                     "tokens_per_s": result["tokens"] / row["seconds"],
@@ -124,14 +125,14 @@ def summarize(result: dict, workers: list[int]) -> list[dict]:
 
 
 def table(rows: list[dict], identical: dict[int, bool]) -> str:
-    cols = ["tool", "workers", "wall s", "CPU s", "peak RSS MB", "docs/s", "tokens/s", "tokens/CPU-s",
+    cols = ["tool", "workers", "wall s", "CPU s", "peak memory MB (PSS)", "docs/s", "tokens/s", "tokens/CPU-s",
             "startup CPU s", "tokens/CPU-s after startup", "× tokens/s", "× tokens/CPU-s", "× after startup",
             "same bytes"]
     lines = ["| " + " | ".join(cols) + " |", "|---|" + "---:|" * (len(cols) - 2) + "---|"]
     for r in rows:
         ours = r["tool"] == "data_prep"
         name = "data_prep" if ours else "Megatron-LM preprocess_data.py"
-        cells = [name, r["workers"], f"{r['seconds']:.1f}", f"{r['cpu_seconds']:.1f}", f"{r['peak_rss_mb']:.0f}",
+        cells = [name, r["workers"], f"{r['seconds']:.1f}", f"{r['cpu_seconds']:.1f}", f"{r['peak_pss_mb']:.0f}",
                  f"{r['docs_per_s']:,.0f}", f"{r['tokens_per_s']:,.0f}", f"{r['tokens_per_cpu_s']:,.0f}",
                  f"{r['startup_cpu_seconds']:.1f}", f"{r['tokens_per_cpu_s_after_startup']:,.0f}",
                  *(f"{r['ratio_' + k]:.2f}" if ours else "1" for k in ("tokens_per_s", "tokens_per_cpu_s",

@@ -12,6 +12,7 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from .errors import DataPrepError
+from .megatron_io import frozen_gc, indexed_dataset
 from .plan import Partition, Segment, chunks
 from .progress import Progress
 from .writer import REPORT_EVERY_S, TMP_DIR, EncodeJob, Report, assemble, encode_chunk
@@ -72,6 +73,12 @@ def chunk_bytes(parts: list[Partition], workers: int) -> int:
 def run_partitions(todo: list[tuple[Partition, str]], job: EncodeJob, workers: int,
                    progress: Progress) -> list[dict]:
     """Encode every (partition, key); the done records, in completion order."""
+    indexed_dataset()  # imported before the workers fork, and before the objects alive are frozen
+    with frozen_gc():
+        return _run(todo, job, workers, progress)
+
+
+def _run(todo: list[tuple[Partition, str]], job: EncodeJob, workers: int, progress: Progress) -> list[dict]:
     size = chunk_bytes([p for p, _ in todo], workers)
     work = []
     for part, key in todo:
