@@ -60,9 +60,11 @@ def run_tests(dry: bool) -> dict:
     return {"passed": proc.returncode == 0, "tail": tail[0] if tail else ""}
 
 
-def correctness(device: torch.device, dry: bool) -> list[dict]:
-    shapes = [(3, 7, 100), (64, 257)] if dry else [TARGET, (333, 5120), (2, 2048, 8192)]
-    dtypes = [torch.bfloat16] if dry else [torch.bfloat16, torch.float16, torch.float32]
+def correctness(device: torch.device, dry: bool, shapes: list[tuple[int, ...]] | None = None,
+                dtypes: list[torch.dtype] | None = None) -> list[dict]:
+    """Every op's outputs and gradients against the fp64 reference (gpu_e2e.py passes its model shapes)."""
+    shapes = shapes or ([(3, 7, 100), (64, 257)] if dry else [TARGET, (333, 5120), (2, 2048, 8192)])
+    dtypes = dtypes or ([torch.bfloat16] if dry else [torch.bfloat16, torch.float16, torch.float32])
     rows = []
     for op, dtype, shape in itertools.product(checks.OPS, dtypes, shapes):
         inp = checks.make_inputs(op, shape, dtype, device=device, seed=len(rows))

@@ -80,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--merge", action=argparse.BooleanOptionalAction, default=None,
                    help="merge each source's shards into one per split")
     g.add_argument("--no-fast-encode", dest="fast_encode", action="store_false", default=None,
-                   help="SentencePiece alone, without the unit cache (same ids; see docs/data_prep.md)")
+                   help="SentencePiece alone, without the unit cache (same ids; see docs/data.md)")
     g.add_argument("--force", action="store_true", help="redo everything, ignoring finished partitions")
     add_stage_flags(p)
     return p

@@ -65,5 +65,5 @@ class PrepareConfig:
     partition_bytes: int = 256 * 2**20  # input bytes per partition (= per shard); small files are packed
     merge: bool = False  # concatenate each source's partition shards into one shard per split
     # SentencePiece ids through a cache of text pieces that no token can span: the same ids, about 2x
-    # faster (checked on a sample of every run; SentencePiece alone on any difference). See docs/data_prep.md.
+    # faster (checked on a sample of every run; SentencePiece alone on any difference). See docs/data.md.
     fast_encode: bool = True

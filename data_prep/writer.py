@@ -5,7 +5,6 @@ from scratch."""
 import functools
 import os
 import shutil
-import signal
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -75,13 +74,6 @@ def batches(docs: Iterable[str]) -> Iterator[list[str]]:
         yield batch
 
 
-def _kill_point(name: str) -> int | None:
-    """Test hook: DATA_PREP_KILL_AT=<partition>:<docs> SIGKILLs the whole process group once a chunk of
-    that partition has written that many documents, like a `kill -9` of the job (no cleanup runs)."""
-    part, _, docs = os.environ.get("DATA_PREP_KILL_AT", "").partition(":")
-    return int(docs) if part == name else None
-
-
 class _Reporter:
     """Progress to `report` at most every REPORT_EVERY_S: what was done since the previous call."""
 
@@ -131,7 +123,7 @@ def _encode(part: Partition, index: int, segments: tuple[Segment, ...], job: Enc
     head = b"" if job.bos_id is None else numpy.array([job.bos_id], dtype).tobytes()
     tail = numpy.array([job.eod_id], dtype).tobytes()
     counts = {s: [0, 0] for s in SPLITS}
-    kill_at, written, checked = _kill_point(part.name), 0, 0
+    written = checked = 0
     progress = _Reporter(report, reader)
     for batch in batches(reader):
         for text, body in zip(batch, enc.encode(batch), strict=True):
@@ -151,8 +143,6 @@ def _encode(part: Partition, index: int, segments: tuple[Segment, ...], job: Enc
             counts[split][1] += doc.size
             progress.add(doc.size)
             written += 1
-            if written == kill_at:
-                os.killpg(os.getpgid(0), signal.SIGKILL)
         progress.send()
     for split, builder in builders.items():
         builder.finalize(f"{_chunk_prefix(out, part, index, split)}.idx")

@@ -17,13 +17,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeline.config import ConfigError, load_config, save_config
+from pipeline.config import ConfigError, add_config_dirs, load_config, save_config
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m launch", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("config", help="run config: a name under configs/ (tiny_dyt) or a YAML path")
+    ap.add_argument("config", help="run config: a YAML path, or a name under --config-dir or the shipped "
+                    "configs/ (tiny_dyt)")
     ap.add_argument("overrides", nargs="*", help="key.sub=value, e.g. train.steps=50 parallel.tp=2")
     ap.add_argument("--launcher", choices=["local", "slurm"], help="default: launch.launcher from the config")
     ap.add_argument("--nodes", type=int, help="override launch.nodes")
@@ -33,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
                     help='one run of a job array: "[CONFIG] key=value ..." (repeat for more runs)')
     ap.add_argument("--sweep-file", metavar="FILE", help="one sweep ENTRY per line (# comments allowed)")
     ap.add_argument("--max-parallel", type=int, metavar="N", help="run at most N array tasks at once")
+    ap.add_argument("--config-dir", action="append", default=[], metavar="DIR",
+                    help="look config names (and `defaults`) up here before the shipped configs (repeatable)")
     args = ap.parse_intermixed_args(argv)  # flags may come before or after the overrides
     overrides = list(args.overrides)
     if args.launcher:
@@ -40,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.nodes:
         overrides.append(f"launch.nodes={args.nodes}")
     try:
+        add_config_dirs(args.config_dir)
         return _launch(args, overrides)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
@@ -70,13 +74,49 @@ def _launch(args: argparse.Namespace, overrides: list[str]) -> int:
 
         validate(cfg)  # before writing anything
         if not args.dry_run:
+            check_run_dir(cfg, config_path.parent, take_lock=False)
             save_config(cfg, config_path)
         return submit(cfg, config_path, dry_run=args.dry_run)
-    if not args.dry_run:
-        save_config(cfg, config_path)
     from launch.local import run_local
 
-    return run_local(cfg, config_path, dry_run=args.dry_run)
+    if args.dry_run:
+        return run_local(cfg, config_path, dry_run=True)
+    lock = check_run_dir(cfg, config_path.parent, take_lock=True)
+    save_config(cfg, config_path)
+    return run_local(cfg, config_path, lock=lock)
+
+
+def check_run_dir(cfg, run_dir: Path, take_lock: bool):
+    """Before anything is written: nobody else is using the run dir, and a rerun does not change what defines
+    it. Locally the lock is taken here and handed to the training job; a SLURM job takes it when it starts."""
+    import yaml
+
+    from pipeline.config import to_dict
+    from pipeline.config.rerun import check_rerun
+    from pipeline.run_lock import RunLock, RunLocked, describe, read_lock, stale_reason
+
+    if take_lock:
+        lock = RunLock(run_dir, what=f"python -m launch {cfg.name}")
+        try:
+            lock.acquire()
+        except RunLocked as e:
+            raise ConfigError(f"name: {e}") from None
+    else:
+        lock, info = None, read_lock(run_dir)
+        if info is not None and stale_reason(info) is None:
+            raise ConfigError(f"name: {run_dir} is in use by {describe(info)}")
+    saved = run_dir / "config.yaml"
+    if saved.is_file() and (run_dir / "checkpoints" / "latest").is_file():
+        try:
+            accepted = check_rerun(yaml.safe_load(saved.read_text()), yaml.safe_load(yaml.safe_dump(to_dict(cfg))),
+                                   cfg.checkpoint.allow_config_change, cfg.checkpoint.resume != "auto")
+        except ConfigError:
+            if lock is not None:
+                lock.release()
+            raise
+        if accepted:
+            print(f"config changes since the last run of {run_dir}:\n  " + "\n  ".join(accepted), flush=True)
+    return lock
 
 
 if __name__ == "__main__":

@@ -1,27 +1,21 @@
-"""Checkpoints: megatron dist_checkpointing, atomic completion, `latest` marker, retention, resume.
+"""Checkpoints, engine-neutral: atomic completion, the `latest` marker, retention, finding what to resume.
 
 Layout of `<run>/checkpoints/`:
-  step_0000100/         a complete checkpoint (dist_checkpointing files + meta.json)
+  step_0000100/         a complete checkpoint: the engine's own files + meta.json (written last)
   step_0000200.partial/ a save in progress or interrupted: never loaded, removed by the next save
   latest                the name of the newest complete checkpoint, replaced atomically after a save
-A save is complete only once every rank has written and rank 0 has renamed the folder.
+A save is complete only once every rank has written and rank 0 has renamed the folder. What goes inside
+the folder is the engine's business (`Engine.save/load/load_weights`).
 """
 
 import json
 import logging
 import shutil
-import signal
 import time
 from pathlib import Path
 
-import torch
 import torch.distributed as dist
-from megatron.core import dist_checkpointing
-from megatron.core import parallel_state as ps
-from megatron.core.dist_checkpointing.mapping import ShardedObject
-from megatron.core.tensor_parallel import get_cuda_rng_tracker
 
-from pipeline import cpu_compat
 from pipeline.engine import Engine
 
 log = logging.getLogger(__name__)
@@ -38,41 +32,8 @@ def _atomic_write(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def layout(cfg) -> dict:
-    p = cfg.parallel
-    return {"tp": p.tp, "pp": p.pp, "vpp": p.vpp, "cp": p.cp, "world_size": cfg.world_size,
-            "distributed_optimizer": p.distributed_optimizer, "precision": cfg.train.precision}
-
-
-def _rng_state() -> ShardedObject:
-    state = {"torch": torch.get_rng_state(), "tracker": get_cuda_rng_tracker().get_states(),
-             "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
-    # One object per (pp, tp) rank; DP replicas share RNG streams in megatron.
-    return ShardedObject("rng_state", state, (ps.get_pipeline_model_parallel_world_size(),
-                         ps.get_tensor_model_parallel_world_size()),
-                         (ps.get_pipeline_model_parallel_rank(), ps.get_tensor_model_parallel_rank()),
-                         replica_id=ps.get_data_parallel_rank(with_context_parallel=True))
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    get_cuda_rng_tracker().set_states(state["tracker"])
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-
-
-def _start_writer_queue() -> None:
-    """dist_checkpointing reports writes through a spawned Manager process that lives as long as training.
-    SLURM signals every process of a job step on preemption; started with SIGTERM/SIGUSR1 ignored (SIG_IGN
-    survives exec) it outlives the signal, so the preemption checkpoint can still be written."""
-    from megatron.core.dist_checkpointing.strategies.filesystem_async import get_write_results_queue
-
-    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGTERM, signal.SIGUSR1)}
-    try:
-        get_write_results_queue(cpu_compat.checkpoint_queue_start_method())
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
+def read_meta(path: Path) -> dict:
+    return json.loads((Path(path) / META).read_text())
 
 
 class CheckpointManager:
@@ -80,7 +41,6 @@ class CheckpointManager:
         self.dir = Path(directory)
         self.cfg = cfg
         self.is_main = not dist.is_initialized() or dist.get_rank() == 0
-        _start_writer_queue()
 
     def _barrier(self) -> None:
         if dist.is_initialized():
@@ -99,15 +59,10 @@ class CheckpointManager:
             partial.mkdir()
         self._barrier()
         t0 = time.time()
-        state = engine.model_state()
-        state["optimizer"] = engine.optimizer_state(state, is_loading=False)
-        state["scheduler"] = engine.scheduler.state_dict()
-        state["step"] = step
-        state["rng_state"] = _rng_state()
-        dist_checkpointing.save(state, str(partial))
+        engine.save(partial, step)
         self._barrier()
         if self.is_main:
-            meta = {"step": step, "layout": layout(self.cfg), "saved_at": time.time(),
+            meta = {"step": step, "engine": self.cfg.engine, "layout": engine.layout(), "saved_at": time.time(),
                     "save_seconds": round(time.time() - t0, 2), **(extra or {})}
             _atomic_write(partial / META, json.dumps(meta, indent=2))
             partial.rename(final)
@@ -151,37 +106,31 @@ class CheckpointManager:
         return done[-1] if done else None
 
     # -- load -----------------------------------------------------------------------------------------
+    def _check_engine(self, path: Path, key: str) -> dict:
+        if not (Path(path) / META).is_file():
+            raise CheckpointError(f"{key}: {path} is not a complete checkpoint (no {META})")
+        meta = read_meta(path)
+        saved = meta.get("engine", "megatron")
+        if saved != self.cfg.engine:
+            raise CheckpointError(f"{key}: {path} was written by the {saved} engine but this run uses "
+                                  f"engine: {self.cfg.engine}; set engine={saved}, or export the weights "
+                                  f"(`make export`) and start from them with checkpoint.init_from=hf:<dir>")
+        return meta
+
     def load_weights(self, engine: Engine, path: Path) -> None:
         """Model weights only (any parallel layout): a run that starts from another run's weights."""
-        if not (Path(path) / META).is_file():
-            raise CheckpointError(f"checkpoint.init_from: {path} is not a complete checkpoint (no {META})")
+        self._check_engine(path, "checkpoint.init_from")
         try:
-            engine.load_model(dist_checkpointing.load(engine.model_state(), str(path)))
+            engine.load_weights(Path(path))
         except Exception as e:
             raise CheckpointError(f"cannot load weights from {path}: {type(e).__name__}: {e}") from e
 
     def load(self, engine: Engine, path: Path) -> int:
-        """Restore into `engine`; returns the step to continue from. Across a different parallel layout
-        only the weights (and schedule/step) are restored: the optimizer shards follow the old layout."""
-        meta = json.loads((path / META).read_text())
-        same_layout = meta["layout"] == layout(self.cfg)
-        template = engine.model_state()
-        if same_layout:
-            template["optimizer"] = engine.optimizer_state(template, is_loading=True)
-            template["rng_state"] = _rng_state()
+        """Restore into `engine`; returns the step to continue from."""
+        meta = self._check_engine(path, "checkpoint.resume")
         try:
-            state = dist_checkpointing.load(template, str(path))
+            return engine.load(Path(path), meta["layout"])
+        except CheckpointError:
+            raise
         except Exception as e:
             raise CheckpointError(f"cannot load checkpoint {path}: {type(e).__name__}: {e}") from e
-        engine.load_model(state)
-        if same_layout:
-            engine.load_optimizer(state["optimizer"])
-            _set_rng_state(state["rng_state"])
-        elif self.is_main:
-            log.warning("checkpoint %s was saved with layout %s; now %s: loaded weights, schedule and step, "
-                        "optimizer state starts fresh", path, meta["layout"], layout(self.cfg))
-        common = dist_checkpointing.load_common_state_dict(str(path))
-        engine.scheduler.load_state_dict(common["scheduler"])
-        step = int(common["step"])
-        engine.set_step(step)
-        return step

@@ -12,6 +12,8 @@ On a CPU-only machine megatron-core needs (measured in shared/research/megatron-
       recomputed block (on CPU every random stream is a CPU generator state the tracker already keeps),
   S7  fork, not spawn, for dist_checkpointing's long-lived result-queue process: a spawned one re-imports
       the training module (megatron: ~4 s of CPU and ~0.7 GB per rank); nothing in it touches a GPU,
+  S9  DeepSpeed: skip the JIT build of its shared-memory all-reduce op on the CPU accelerator (70-130 s of
+      C++ compile on 2 cores at the first `init_distributed`; only its inference all-reduce uses it),
   S5  DistributedOptimizer resume fixes for megatron's torch-Adam fallback (always used on CPU, where
       Apex/TE are absent): create state before loading, give every param its own `step` after loading.
 """
@@ -163,3 +165,14 @@ def fix_optimizer_after_load(opt) -> None:
                 st = o.optimizer.state.get(p, {})
                 if "step" in group and "step" in st:
                     st["step"] = torch.tensor(float(group["step"]))
+
+
+def prepare_deepspeed() -> None:
+    """S9, before DeepSpeed initialises its comm layer; no-op on CUDA."""
+    if not on_cpu():
+        return
+    import importlib
+
+    # importlib, not `import deepspeed.comm.torch as m`: that name resolves to the torch package, because
+    # deepspeed.comm has an attribute called torch.
+    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None

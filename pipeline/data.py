@@ -92,6 +92,14 @@ def check_tokenizer(manifest: Manifest, model_vocab_size: int | None) -> None:
                         "the data")
 
 
+def data_fingerprint(manifest: Manifest) -> str:
+    """What the data stream depends on: the shards (prefix, documents, tokens per split), the source weights
+    and the tokenizer's hash. Recorded in checkpoints; a resume onto other data is refused."""
+    keep = {"splits": manifest.raw.get("splits"), "tokenizer": manifest.tokenizer.get("sha256"),
+            "weights": {s["name"]: s.get("weight", 1.0) for s in manifest.raw.get("sources", [])}}
+    return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()
+
+
 class ManifestTokenizer(MegatronTokenizerBase):
     """The megatron tokenizer contract GPTDataset needs (ids only; text is data_prep's business)."""
 

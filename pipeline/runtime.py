@@ -111,3 +111,12 @@ def shutdown() -> None:
         ps.destroy_model_parallel()
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def global_rank() -> int:
+    """This process's rank (before or without torch.distributed: from the launcher's environment)."""
+    return dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", 0))
+
+
+def is_main_process() -> bool:
+    return global_rank() == 0

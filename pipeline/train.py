@@ -3,68 +3,39 @@
     torchrun --nproc_per_node N -m pipeline.train --config configs/tiny_dyt.yaml [key=value ...]
 
 (`python -m launch` / `make pretrain` build that command for you.) Outputs go to <output_dir>/<name>/:
-config.yaml (fully resolved), tensorboard/, checkpoints/, status.json.
+config.yaml (fully resolved), tensorboard/, checkpoints/, status.json, run.lock (while running).
 """
 
 import argparse
-import json
 import logging
 import math
 import os
 import signal
 import sys
 import time
+import traceback
 from pathlib import Path
 
-import torch
-import torch.distributed as dist
-
 from pipeline import runtime
-from pipeline.checkpoint import CheckpointManager
-from pipeline.config import RunConfig, load_config, save_config
-from pipeline.data import build_datasets, check_tokenizer, load_manifest, step_microbatches
-from pipeline.engine import MegatronEngine
-from pipeline.model import ffn_hidden_size, padded_vocab_size
+from pipeline.checkpoint import CheckpointManager, read_meta
+from pipeline.config import ConfigError, RunConfig, load_config, save_config, to_dict
+from pipeline.config.rerun import check_rerun
+from pipeline.data import build_datasets, data_fingerprint, step_microbatches
 from pipeline.monitor import Monitor
+from pipeline.process import StopRequest, die_with_parent
+from pipeline.run_loader import start as start_session
+from pipeline.run_lock import TOKEN_ENV, RunLock, RunLocked
+from pipeline.run_status import FINISHED_OK, write_status
 
 log = logging.getLogger("pipeline")
-
-
-# Test hook: die right after this step without saving (exercises crash → resume from the last checkpoint).
-FAIL_AT_STEP = int(os.environ.get("DYT_FAIL_AT_STEP", "0"))
 
 
 class NonFiniteLoss(RuntimeError):
     pass
 
 
-class PreemptionFlag:
-    """SIGTERM / SIGUSR1 → finish the current step, save, exit 0. Ranks agree through an all-reduce, so
-    a signal that reached only some processes still stops all of them at the same step."""
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame) -> None:
-        self.signal = signum
-
-    def requested(self, device: torch.device) -> bool:
-        flag = torch.tensor([1.0 if self.signal else 0.0], device=device)
-        if dist.is_initialized():
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
-
-
-def manifest_path(cfg: RunConfig) -> Path:
-    return Path(cfg.data.manifest or Path(cfg.data.prepare.output_dir) / "manifest.json")
-
-
-def write_status(run_dir: Path, state: str, step: int, **extra) -> None:
-    tmp = run_dir / "status.json.tmp"
-    tmp.write_text(json.dumps({"state": state, "step": step, "time": time.time(), **extra}, indent=2))
-    tmp.replace(run_dir / "status.json")
+class AlreadyComplete(Exception):
+    """The checkpoint to resume from is already at train.steps: nothing to do."""
 
 
 def evaluate(engine, dataset, cfg: RunConfig, rt) -> float:
@@ -75,52 +46,85 @@ def evaluate(engine, dataset, cfg: RunConfig, rt) -> float:
     return sum(losses) / len(losses)
 
 
-def train(cfg: RunConfig) -> str:
-    """Run (or resume) training; returns the final state: complete | preempted."""
+def check_resume(cfg: RunConfig, path: Path, fingerprint: str) -> None:
+    """A resumed checkpoint must come from the same model and data stream (pipeline/config/rerun.py), and not
+    from beyond train.steps. Raises before anything is written."""
+    meta = read_meta(path)
+    if "config" in meta:
+        accepted = check_rerun(meta["config"], to_dict(cfg), cfg.checkpoint.allow_config_change,
+                               explicit_resume=cfg.checkpoint.resume != "auto")
+        if accepted and runtime.is_main_process():
+            print(f"resuming {path.name} with config changes:\n  " + "\n  ".join(accepted), flush=True)
+    allowed_data = any(k.startswith("data") for k in cfg.checkpoint.allow_config_change)
+    if meta.get("data_fingerprint", fingerprint) != fingerprint and not allowed_data:
+        raise ConfigError(f"data: the data manifest or tokenizer changed since {path} was saved (fingerprint "
+                          f"{meta['data_fingerprint'][:12]} → {fingerprint[:12]}): the run would continue on another "
+                          "data stream. Train under a new name, or allow it: checkpoint.allow_config_change=[data]")
+    if meta["step"] > cfg.train.steps:
+        raise ConfigError(f"train.steps: {cfg.train.steps} is below the step of the checkpoint to resume "
+                          f"({path}, step {meta['step']}); set train.steps >= {meta['step']}, or start a new run")
+    if meta["step"] == cfg.train.steps:
+        raise AlreadyComplete(f"already complete: {path} is at train.steps={cfg.train.steps}; nothing to do "
+                              "(raise train.steps to train longer)")
+
+
+def train(cfg: RunConfig, progress: dict) -> str:
+    """Run (or resume) training; returns the final state: complete | preempted. `progress["step"]` follows
+    the last finished step (for the failure record)."""
     run_dir = Path(cfg.output_dir) / cfg.name
-    rt = runtime.init(cfg)
     t = cfg.train
-    manifest = load_manifest(manifest_path(cfg))
-    check_tokenizer(manifest, cfg.model.vocab_size)
-    vocab = cfg.model.vocab_size or manifest.vocab_size
+    session = start_session(cfg)
+    rt, engine = session.runtime, session.engine
+    lock = RunLock(run_dir, what=f"training {cfg.name}").acquire(os.environ.get(TOKEN_ENV)) if rt.is_main else None
+    progress["lock"] = lock
+    fingerprint = data_fingerprint(session.manifest)
+    ckpt = CheckpointManager(run_dir / "checkpoints", cfg)
+    resume_from = ckpt.find_resume(cfg.checkpoint.resume)
+    if resume_from is not None:
+        check_resume(cfg, resume_from, fingerprint)
     if rt.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
         write_status(run_dir, "running", 0)
+    engine.write_run_files(run_dir)
 
-    engine = MegatronEngine(cfg, rt, vocab)
-    ckpt = CheckpointManager(run_dir / "checkpoints", cfg)
     start = 0
-    resume_from = ckpt.find_resume(cfg.checkpoint.resume)
     if resume_from is not None:
         start = ckpt.load(engine, resume_from)
         if rt.is_main:
             print(f"resumed from {resume_from} at step {start}", flush=True)
+    elif (cfg.checkpoint.init_from or "").startswith("hf:"):
+        from pipeline.hf.load import import_weights  # transformers is imported only when asked for
+
+        import_weights(cfg.checkpoint.init_from, session)
     elif cfg.checkpoint.init_from:
         ckpt.load_weights(engine, Path(cfg.checkpoint.init_from))
+    progress["step"] = start
+
+    def save(step: int, loss: float) -> Path:
+        return ckpt.save(engine, step, {"loss": loss, "config": to_dict(cfg), "data_fingerprint": fingerprint})
 
     num_valid = t.eval_iters * t.global_batch_size if t.eval_interval else 0
-    train_ds, valid_ds = build_datasets(manifest, cfg.model.seq_length, t.seed, t.steps * t.global_batch_size,
+    train_ds, valid_ds = build_datasets(session.manifest, cfg.model.seq_length, t.seed, t.steps * t.global_batch_size,
                                         num_valid, run_dir / "cache")
-    monitor = Monitor(cfg, run_dir, rt.device, padded_vocab_size(vocab, cfg), ffn_hidden_size(cfg), rt.is_main)
-    preempt = PreemptionFlag()
+    stop = StopRequest()
+    n_params = engine.num_parameters()
+    monitor = Monitor(cfg, run_dir, engine, rt, session.vocab_size, n_params, start)
     if rt.is_main:
-        n_params = sum(p.numel() for m in engine.modules for p in m.parameters())
-        print(f"run {cfg.name}: {cfg.model.norm.type}, {n_params / 1e6:.2f}M params on rank 0, world {rt.world_size} "
-              f"(tp {cfg.parallel.tp} pp {cfg.parallel.pp} dp {rt.dp_size}), {rt.device.type}, steps {start}→{t.steps}",
-              flush=True)
+        zero = f" zero {cfg.deepspeed.zero_stage}" if cfg.engine == "deepspeed" else ""
+        print(f"run {cfg.name}: {cfg.model.norm.type}, {n_params / 1e6:.2f}M params, {cfg.engine} engine, world "
+              f"{rt.world_size} (tp {cfg.parallel.tp} pp {cfg.parallel.pp} dp {rt.dp_size}{zero}), {rt.device.type}, "
+              f"steps {start}→{t.steps}", flush=True)
 
     state, step, last_loss, t_start = "complete", start, float("nan"), time.time()
     for step in range(start + 1, t.steps + 1):
         batch = list(step_microbatches(train_ds, step - 1, t.global_batch_size, t.micro_batch_size,
                                        rt.dp_rank, rt.dp_size))
+        monitor.before_step(step)
         t0 = time.perf_counter()
         result = engine.train_step(batch)
-        monitor.step(step, result, time.perf_counter() - t0, engine.modules)
+        monitor.step(step, result, time.perf_counter() - t0)
         if not math.isfinite(result.loss):
             if t.nan_policy == "stop":
-                if rt.is_main:
-                    write_status(run_dir, "failed", step - 1, reason="non-finite loss")
                 raise NonFiniteLoss(f"step {step}: loss is {result.loss}; stopping (train.nan_policy: stop). "
                                     f"No checkpoint was written for this step; the last good one is kept.")
             if rt.is_main:
@@ -128,17 +132,16 @@ def train(cfg: RunConfig) -> str:
                       flush=True)
         else:
             last_loss = result.loss
+        progress["step"] = step
         if t.eval_interval and valid_ds is not None and (step % t.eval_interval == 0 or step == t.steps):
             monitor.validation(step, evaluate(engine, valid_ds, cfg, rt))
-        if preempt.requested(rt.device):
+        if stop.requested(rt.device):
             state = "preempted"
             break
-        if step == FAIL_AT_STEP:
-            raise SystemExit(f"DYT_FAIL_AT_STEP: crashing after step {step} without saving (test hook)")
         if cfg.checkpoint.save_interval and step % cfg.checkpoint.save_interval == 0 and step != t.steps:
-            ckpt.save(engine, step, {"loss": last_loss})
+            save(step, last_loss)
 
-    path = ckpt.save(engine, step, {"loss": last_loss})
+    path = save(step, last_loss)
     if rt.is_main:
         write_status(run_dir, state, step, checkpoint=str(path))
         wall = time.time() - t_start
@@ -155,9 +158,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.steps=50")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    die_with_parent(signal.SIGKILL)  # no training process outlives its torchrun, however that ends
     cfg = load_config(args.config, args.overrides)
-    state = train(cfg)
-    return 0 if state in ("complete", "preempted") else 1
+    run_dir = Path(cfg.output_dir) / cfg.name
+    progress: dict = {"step": 0, "lock": None}
+    try:
+        state = train(cfg, progress)
+    except AlreadyComplete as e:
+        if runtime.is_main_process():
+            print(e, flush=True)
+        return 0
+    except (RunLocked, ConfigError) as e:  # refused before anything was written: the run dir is not ours
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
+    except BaseException as e:  # any failure on any rank is recorded, then re-raised (non-zero exit)
+        if run_dir.is_dir():
+            write_status(run_dir, "failed", progress["step"], error=type(e).__name__, message=str(e)[-2000:],
+                         rank=runtime.global_rank(), traceback=traceback.format_exc()[-4000:])
+        raise
+    finally:
+        if progress["lock"] is not None:
+            progress["lock"].release()
+    return 0 if state in FINISHED_OK else 1
 
 
 if __name__ == "__main__":  # dist_checkpointing's writer re-imports __main__ (spawn): keep this guard

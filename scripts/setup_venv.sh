@@ -5,8 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 REQS=(requirements/base.txt requirements/deepspeed.txt requirements/test.txt)
-want=$(cat "${REQS[@]}" scripts/setup_venv.sh | sha256sum | cut -d' ' -f1)
-if [[ -x $VENV/bin/python && -f $VENV/.requirements.sha256 && $(cat "$VENV/.requirements.sha256") == "$want" ]]; then
+want=$(cat "${REQS[@]}" scripts/setup_venv.sh pyproject.toml | sha256sum | cut -d' ' -f1)
+if [[ -x $VENV/bin/python && -x $VENV/bin/dyt-pretrain && -f $VENV/.requirements.sha256 \
+      && $(cat "$VENV/.requirements.sha256") == "$want" ]]; then
   exit 0
 fi
 
@@ -29,5 +30,7 @@ echo "setting up $VENV with $($PY --version) (first time: several GB of wheels, 
 # DeepSpeed's setup imports torch: build it against the torch just installed, with no ops precompiled
 # (they JIT-compile on first use; on CPU none are needed).
 DS_BUILD_OPS=0 "$VENV/bin/python" -m pip install --quiet --no-build-isolation -r requirements/deepspeed.txt
+# This checkout, editable, for the dyt-* commands the Makefile runs (dependencies are all installed above).
+"$VENV/bin/python" -m pip install --quiet --no-deps --no-build-isolation -e .
 echo "$want" > "$VENV/.requirements.sha256"
 echo "environment ready: $VENV"

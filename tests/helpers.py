@@ -44,3 +44,16 @@ def run_python(code: str, timeout: int = 300) -> str:
     if proc.returncode != 0:
         raise AssertionError(f"subprocess failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
     return proc.stdout
+
+
+def crash_and_resume(runs, name: str, norm: str, extra: list[str], crash_after: int, saved: int) -> dict[int, float]:
+    """Train run `name` (through a test module's `runs.run`) until it crashes after step `crash_after`, check
+    that `latest` names step `saved`, run it again (it resumes); return its train/loss per step."""
+    from tests.faults import fault_env
+
+    crashed = runs.run(name, norm, extra, env=fault_env(crash_after_step=crash_after), check=False)
+    assert crashed.returncode != 0
+    assert (runs.root / name / "checkpoints" / "latest").read_text().strip() == f"step_{saved:07d}"
+    resumed = runs.run(name, norm, extra)
+    assert "resumed from" in resumed.stdout and f"step_{saved:07d}" in resumed.stdout
+    return scalars(runs.root / name, "train/loss")

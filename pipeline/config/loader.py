@@ -1,37 +1,68 @@
 """YAML composition, `key.sub=value` overrides, and typed construction of a `RunConfig`.
 
-A YAML file may start with `defaults: [a, b/c]`: those files (relative to the configs root, `.yaml`
-optional) are merged first, in order, then the file's own keys on top. Overrides come last.
+A YAML file may start with `defaults: [a, b/c]`: those files (`.yaml` optional) are merged first, in
+order, then the file's own keys on top. Overrides come last. A config name is looked up as a path, then
+in each config dir: the `--config-dir` dirs (kept in $DYT_CONFIG_PATH so child processes see them too),
+then the shipped `configs/`; a `defaults` entry is looked up next to its file first.
 Every error is a `ConfigError` whose message starts with the offending key.
 """
 
 import dataclasses
+import importlib
+import os
 import re
+import sys
 import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
+from .errors import ConfigError
 from .schema import RunConfig
+from .validate import validate
 
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 _YAML_BOOL_WORDS = {True: ("on", "yes", "true", "y"), False: ("off", "no", "false", "n")}
-CONFIGS_ROOT = Path(__file__).resolve().parents[2] / "configs"
+CONFIG_PATH_ENV = "DYT_CONFIG_PATH"
 
 
-class ConfigError(ValueError):
-    """A config that cannot run; the message names the key."""
+def _shipped_configs() -> Path:
+    """`configs/` as installed package data (pipeline/configs in a wheel) or in the source tree."""
+    package = Path(__file__).resolve().parents[1]
+    installed = package / "configs"
+    return installed if installed.is_dir() else package.parent / "configs"
 
 
-def find_config(name: str, root: Path = CONFIGS_ROOT) -> Path:
-    """A path as given, or `<root>/<name>.yaml`."""
-    for cand in (Path(name), root / name, root / f"{name}.yaml"):
+SHIPPED_CONFIGS = _shipped_configs()
+
+
+def config_dirs() -> list[Path]:
+    """Where config names are looked up, in order: $DYT_CONFIG_PATH, then the shipped configs."""
+    extra = [Path(p) for p in os.environ.get(CONFIG_PATH_ENV, "").split(os.pathsep) if p]
+    return [*extra, SHIPPED_CONFIGS]
+
+
+def add_config_dirs(dirs: Sequence[str]) -> None:
+    """`--config-dir`: search these first, in this process and the ones it starts."""
+    for d in dirs:
+        if not Path(d).is_dir():
+            raise ConfigError(f"--config-dir {d}: not a directory")
+    current = [p for p in os.environ.get(CONFIG_PATH_ENV, "").split(os.pathsep) if p]
+    os.environ[CONFIG_PATH_ENV] = os.pathsep.join([str(Path(d).resolve()) for d in dirs] + current)
+
+
+def find_config(name: str, dirs: Sequence[Path] | None = None) -> Path:
+    """A path as given, else `<dir>/<name>` or `<dir>/<name>.yaml` in the first config dir that has it."""
+    dirs = config_dirs() if dirs is None else dirs
+    for cand in (Path(name), *(c for d in dirs for c in (d / name, d / f"{name}.yaml"))):
         if cand.is_file():
             return cand
-    known = sorted(str(p.relative_to(root))[:-5] for p in root.glob("*.yaml"))
-    raise ConfigError(f"config '{name}': no such file (run configs: {', '.join(known)})")
+    known = sorted({p.stem for d in dirs for p in d.glob("*.yaml")})
+    raise ConfigError(f"config '{name}': no such file in {', '.join(map(str, dirs))} "
+                      f"(run configs: {', '.join(known)})")
 
 
 def _read_yaml(path: Path) -> dict:
@@ -52,8 +83,9 @@ def merge(base: dict, top: dict) -> dict:
     return out
 
 
-def compose(path: Path, root: Path = CONFIGS_ROOT, _seen: tuple = ()) -> dict:
+def compose(path: Path, dirs: Sequence[Path] | None = None, _seen: tuple = ()) -> dict:
     """The file's `defaults` merged in order, then its own keys."""
+    dirs = config_dirs() if dirs is None else list(dirs)
     path = path.resolve()
     if path in _seen:
         raise ConfigError(f"{path}: circular 'defaults'")
@@ -63,7 +95,8 @@ def compose(path: Path, root: Path = CONFIGS_ROOT, _seen: tuple = ()) -> dict:
         raise ConfigError(f"{path}: 'defaults' must be a list of config names")
     out: dict = {}
     for name in defaults:
-        out = merge(out, compose(find_config(str(name), root), root, _seen + (path,)))
+        found = find_config(str(name), [path.parent, *(d for d in dirs if d.resolve() != path.parent)])
+        out = merge(out, compose(found, dirs, _seen + (path,)))
     return merge(out, data)
 
 
@@ -142,6 +175,8 @@ def build(tp: Any, value: Any, key: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         return [build(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is Any:  # free-form values passed through to a framework (e.g. deepspeed.extra)
+        return value
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
@@ -161,14 +196,26 @@ def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def load_config(name: str, overrides: list[str] = (), root: Path = CONFIGS_ROOT) -> RunConfig:
-    """Compose, override, type-check and validate a run config. Cheap: imports no torch."""
-    from .validate import validate
+def import_custom(modules: list[str]) -> None:
+    """`custom_imports`: import each module (from the working directory or PYTHONPATH), so the norms it
+    registers are known before validation."""
+    if modules and os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())  # console scripts do not put the working directory on sys.path
+    for i, name in enumerate(modules):
+        try:
+            importlib.import_module(name)
+        except (ImportError, ValueError) as e:  # ValueError: e.g. a norm name registered twice
+            raise ConfigError(f"custom_imports[{i}]: cannot import {name!r}: {e}") from None
 
-    data = compose(find_config(name, root), root)
+
+def load_config(name: str, overrides: Sequence[str] = (), dirs: Sequence[Path] | None = None) -> RunConfig:
+    """Compose, override, type-check and validate a run config. Cheap: imports no torch (unless a
+    module in `custom_imports` does)."""
+    data = compose(find_config(name, dirs), dirs)
     for item in overrides:
         data = apply_override(data, item)
     cfg = build(RunConfig, data, "")
+    import_custom(cfg.custom_imports)
     validate(cfg)
     return cfg
 

@@ -5,30 +5,26 @@ the key. `pipeline.config.loader` builds and validates a `RunConfig` from YAML +
 """
 
 from dataclasses import dataclass, field
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 from data_prep.config import PrepareConfig
-
-
-@dataclass
-class AlphaInit:
-    """Initial DyT/Derf α per norm site (paper Table 12 gives attention vs the rest)."""
-
-    attention: float
-    mlp: float
-    final: float
+from pipeline.norms.recipe import AlphaInit
 
 
 @dataclass
 class NormConfig:
-    type: str = "rmsnorm"  # registry name (layernorm, rmsnorm, dyt, derf) or "pkg.module:Class"
+    type: str = "rmsnorm"  # registered name (layernorm, rmsnorm, dyt, derf, yours) or "pkg.module:Class"
     alpha_init: Literal["auto"] | AlphaInit = "auto"  # auto: paper table by width
     bias: bool = False  # β in DyT/Derf (the paper's LLM recipe has none)
     eps: float = 1e-5  # used by LayerNorm/RMSNorm only
     kernel: Literal["auto", "eager", "compile", "triton"] = "auto"  # auto: triton on CUDA, eager on CPU
-    fuse_residual_add: bool = False  # fused residual-add + DyT before the MLP (DyT only)
+    fuse_residual_add: bool = False  # fused residual-add + norm before the MLP (norms with a fused-add kernel: dyt)
     qk_norm: bool = False  # normalise queries/keys per head with the same norm type
-    weight_decay: Literal["auto", "all", "none"] = "auto"  # on norm/scalar params; auto: all for DyT-like
+    # Weight decay on 1-D params (norm weights, α, the embedding scalar). auto: every parameter for DyT-like norms
+    # (the paper's code), megatron's exemption of 1-D params otherwise; paper: every parameter for ANY norm, as the
+    # paper's code did for its RMSNorm baseline too (use it in both arms of a reproduction); all / none to force.
+    weight_decay: Literal["auto", "paper", "all", "none"] = "auto"
 
 
 @dataclass
@@ -94,7 +90,9 @@ class OptimizerConfig:
 @dataclass
 class ScheduleConfig:
     warmup_steps: int = 10
-    decay: Literal["cosine", "wsd", "constant"] = "cosine"
+    # cosine | wsd | constant: megatron's, after a linear warmup. fms_fsdp: the DyT paper's LLaMA code (IBM
+    # fms-fsdp): lr = min(quadratic warmup 1-(1-t/w)², cosine from step 0 over train.steps down to min_lr).
+    decay: Literal["cosine", "wsd", "constant", "fms_fsdp"] = "cosine"
     wsd_decay_fraction: float = 0.2  # WSD: share of steps spent decaying at the end
 
 
@@ -102,7 +100,29 @@ class ScheduleConfig:
 class DataConfig:
     manifest: str = ""  # manifest.json written by data_prep; "" = <prepare.output_dir>/manifest.json
     prepare: PrepareConfig | None = None  # how `make data` builds the manifest
-    num_workers: int = 0  # DataLoader workers
+
+    @property
+    def manifest_path(self) -> Path:
+        return Path(self.manifest or Path(self.prepare.output_dir) / "manifest.json")
+
+
+@dataclass
+class DeepSpeedConfig:
+    """ZeRO knobs of the DeepSpeed engine (defaults: DeepSpeed's documented ones). Batch sizes, precision,
+    clipping and the optimizer come from the train/optimizer sections: one source of truth."""
+
+    zero_stage: Literal[0, 1, 2, 3] = 1
+    offload_optimizer: Literal["none", "cpu"] = "none"  # ZeRO 1-3: optimizer state (and step) in host memory
+    offload_param: Literal["none", "cpu"] = "none"  # ZeRO 3: parameters in host memory
+    overlap_comm: bool = False
+    contiguous_gradients: bool = True
+    reduce_bucket_size: int = 500_000_000
+    allgather_bucket_size: int = 500_000_000
+    stage3_prefetch_bucket_size: int = 50_000_000
+    stage3_param_persistence_threshold: int = 100_000
+    stage3_max_live_parameters: int = 1_000_000_000
+    stage3_max_reuse_distance: int = 1_000_000_000
+    extra: dict[str, Any] = field(default_factory=dict)  # merged last into the generated DeepSpeed JSON (expert use)
 
 
 @dataclass
@@ -110,7 +130,36 @@ class CheckpointConfig:
     save_interval: int = 0  # 0 = only at the end (and on preemption)
     keep_last: int = 2
     resume: str = "auto"  # auto (latest in the run dir) | none | <path to a checkpoint dir>
-    init_from: str | None = None  # weights only, at step 0, from any checkpoint (any parallel layout)
+    # Weights only, at step 0, from any checkpoint (any parallel layout), or "hf:<folder>": a Hugging Face
+    # LLaMA / LlamaDyT folder whose config and tokenizer match the run's.
+    init_from: str | None = None
+    # Resuming this run dir with changed model/data keys or a new parallel layout is refused unless the
+    # keys (or prefixes such as "parallel") are listed here: see pipeline/config/rerun.py.
+    allow_config_change: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DiagnosticsConfig:
+    """Saturation of DyT-like norms and the residual-stream scale, sampled cheaply: on sampled steps only, the
+    first micro-batch's input at every norm site, `tokens` token rows of it (spread over the sequence)."""
+
+    interval: int | None = None  # steps between samples; None = train.log_interval; 0 = off
+    tokens: int = 256  # token rows read per site per sample
+    thresholds: list[float] = field(default_factory=lambda: [2.5, 4.0])  # |α·x| where tanh is flat (0.987, 0.9993)
+    # Early warning (printed, training goes on): the fraction of |α·x| > thresholds[0] at a watched site kind
+    # reaches warn_fraction in warn_samples consecutive samples (README "Small widths").
+    warn_fraction: float = 0.5
+    warn_sites: list[str] = field(default_factory=lambda: ["final", "attention"])  # final | attention | mlp
+    warn_samples: int = 3
+
+
+@dataclass
+class WandbConfig:
+    """Weights & Biases, optional (`pip install wandb`): the same scalars and the resolved config."""
+
+    project: str = "dyt-pipeline"
+    entity: str | None = None
+    mode: Literal["offline", "online", "disabled"] = "offline"  # offline: files in <run>/wandb/, `wandb sync` later
 
 
 @dataclass
@@ -118,6 +167,8 @@ class LoggingConfig:
     tensorboard: bool = True
     norm_stats: bool = True  # per-site α / γ statistics for DyT-like norms
     peak_tflops: float | None = None  # device peak for MFU; None = built-in table (GPUs only)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+    wandb: WandbConfig | None = None  # null = off; a mapping (even {}) turns it on
 
 
 @dataclass
@@ -140,16 +191,21 @@ class LaunchConfig:
     launcher: Literal["local", "slurm"] = "local"
     nodes: int = 1
     nproc_per_node: int = 1  # GPUs per node (processes per node on CPU)
+    shutdown_grace_s: int = 120  # after a signal, how long workers may take to save before they are killed
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
 
 @dataclass
 class RunConfig:
     name: str = "run"
+    # Modules imported before validation, e.g. ones that `@register_norm` your own norms (importable from
+    # the working directory or PYTHONPATH; torchtitan's `custom_imports`).
+    custom_imports: list[str] = field(default_factory=list)
     output_dir: str = "runs"  # the run lives in <output_dir>/<name>
-    engine: Literal["megatron"] = "megatron"
+    engine: Literal["megatron", "deepspeed"] = "megatron"  # see docs/engines.md "Choosing an engine"
     model: ModelConfig = field(default_factory=ModelConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)

@@ -10,7 +10,7 @@ import logging
 import sys
 from pathlib import Path
 
-from pipeline.config import ConfigError
+from pipeline.config import ConfigError, add_config_dirs
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -33,16 +33,18 @@ def _compare(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     from pipeline.config import load_config
+    from pipeline.norms import registered_norms
 
-    load_config(args.config, args.overrides)  # a bad config fails before torch is imported
-    from pipeline.evaluation import report
-    from pipeline.evaluation.bench import NORMS, run_bench
-
-    norms = args.norms.split(",") if args.norms else list(NORMS)
-    unknown = sorted(set(norms) - set(NORMS))
+    load_config(args.config, args.overrides)  # a bad config fails before torch is imported (custom_imports run)
+    known = registered_norms()
+    norms = args.norms.split(",") if args.norms else known
+    unknown = sorted(set(norms) - set(known))
     if unknown:
-        raise ConfigError(f"--norms: unknown {', '.join(unknown)} (known: {', '.join(NORMS)})")
+        raise ConfigError(f"--norms: unknown {', '.join(unknown)} (registered: {', '.join(known)})")
     import torch
+
+    from pipeline.evaluation import report
+    from pipeline.evaluation.bench import run_bench
 
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
@@ -79,6 +81,8 @@ def _scurve(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipeline.evaluation", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config-dir", action="append", default=[], metavar="DIR",
+                    help="look config names up here before the shipped configs (repeatable)")
     sub = ap.add_subparsers(dest="job", required=True)
     c = sub.add_parser("compare", help="train variants × seeds (reusing complete runs), report the losses")
     c.add_argument("config", help="compare config: configs/compare/<name>.yaml, 'compare/<name>', or a path")
@@ -89,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("bench", help="wall-clock of the norm layers and the whole model per norm type")
     b.add_argument("config", help="run config whose shapes to use (configs/<name>.yaml or a path)")
     b.add_argument("overrides", nargs="*", help="key.sub=value overrides of that config")
-    b.add_argument("--norms", help="comma-separated subset of rmsnorm,layernorm,dyt,derf (default: all)")
+    b.add_argument("--norms", help="comma-separated registered norms, e.g. rmsnorm,dyt (default: all registered)")
     b.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     b.add_argument("--reps", type=int, default=15, help="interleaved repetitions per case (layer level)")
     b.add_argument("--skip-model", action="store_true", help="norm layers only")
@@ -102,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
+        add_config_dirs(args.config_dir)
         return args.fn(args)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)

@@ -20,13 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from pipeline.config import RunConfig, load_config
 from pipeline.evaluation import plots
-from pipeline.evaluation.common import SINGLE_PROCESS
+from pipeline.norms import NormSpec, get_spec, registered_norms
+from pipeline.run_loader import SINGLE_PROCESS
 
-NORMS = ("rmsnorm", "layernorm", "dyt", "derf")
 METHOD = ("Everything runs in one process, after warm-up calls (which also compile). Each repetition "
           "times every case once, in a rotated order (so no case always runs first or last), as the mean "
           "over enough back-to-back calls to fill `min_rep_s`; reported are the median and the 25th/75th "
@@ -54,128 +53,133 @@ def _rms_unfused(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Ten
     return weight * xf.to(x.dtype)
 
 
-def _optional_modules(norm: str, impl: str, hidden: int, eps: float, bias: bool) -> torch.nn.Module:
+def _third_party(op: str, impl: str, hidden: int, eps: float, bias: bool) -> torch.nn.Module:
     """Fused third-party norms (GPU extras in requirements/gpu.txt); ImportError when not installed."""
     if impl == "te":
         import transformer_engine.pytorch as te
 
-        return (te.RMSNorm if norm == "rmsnorm" else te.LayerNorm)(hidden, eps=eps)
+        return getattr(te, op)(hidden, eps=eps)  # te.RMSNorm / te.LayerNorm
     from liger_kernel.transformers import LigerDyT, LigerRMSNorm
 
-    return LigerRMSNorm(hidden, eps=eps) if norm == "rmsnorm" else LigerDyT(hidden, beta=bias)
+    return LigerRMSNorm(hidden, eps=eps) if op == "RMSNorm" else LigerDyT(hidden, beta=bias)
 
 
-# (norm, impl) -> (description, needs CUDA)
-LAYER_IMPLS: dict[tuple[str, str], tuple[str, bool]] = {
-    ("rmsnorm", "eager"): ("unfused torch ops as in HF LlamaRMSNorm (the paper's baseline)", False),
-    ("rmsnorm", "torch"): ("F.rms_norm (ATen; what nn.RMSNorm and our model use)", False),
-    ("rmsnorm", "compile"): ("torch.compile of the unfused ops", False),
-    ("rmsnorm", "te"): ("Transformer Engine RMSNorm (fused CUDA)", True),
-    ("rmsnorm", "liger"): ("Liger-Kernel LigerRMSNorm (fused Triton)", True),
-    ("layernorm", "torch"): ("F.layer_norm (ATen)", False),
-    ("layernorm", "compile"): ("torch.compile of F.layer_norm", False),
-    ("layernorm", "te"): ("Transformer Engine LayerNorm (fused CUDA)", True),
-    ("dyt", "eager"): ("pipeline.kernels eager (autograd ops)", False),
-    ("dyt", "compile"): ("pipeline.kernels torch.compile", False),
-    ("dyt", "triton"): ("pipeline.kernels fused Triton forward/backward", True),
+# Implementations of an op other than the registered module, timed next to it: (op, impl) →
+# (description, needs CUDA). The op of a norm is its `te_fused` name or its `kernel_op`.
+REFERENCE_IMPLS: dict[tuple[str, str], tuple[str, bool]] = {
+    ("RMSNorm", "eager"): ("unfused torch ops as in HF LlamaRMSNorm (the paper's baseline)", False),
+    ("RMSNorm", "te"): ("Transformer Engine RMSNorm (fused CUDA)", True),
+    ("RMSNorm", "liger"): ("Liger-Kernel LigerRMSNorm (fused Triton)", True),
+    ("LayerNorm", "te"): ("Transformer Engine LayerNorm (fused CUDA)", True),
     ("dyt", "liger"): ("Liger-Kernel LigerDyT (fused Triton)", True),
-    ("derf", "eager"): ("pipeline.kernels eager (autograd ops)", False),
-    ("derf", "compile"): ("pipeline.kernels torch.compile", False),
-    ("derf", "triton"): ("pipeline.kernels fused Triton forward/backward", True),
 }
+# The registered module itself: with a kernel op, once per kernel; otherwise as is and compiled.
+KERNEL_IMPLS = {"eager": ("pipeline.kernels eager (autograd ops)", False),
+                "compile": ("pipeline.kernels torch.compile", False),
+                "triton": ("pipeline.kernels fused Triton forward/backward", True)}
+MODULE_IMPLS = {"torch": ("the registered module (what the model runs)", False),
+                "compile": ("torch.compile of the registered module", False)}
+
+
+def layer_impls(spec: NormSpec) -> dict[str, tuple[str, bool]]:
+    """impl → (description, needs CUDA) for one norm."""
+    own = KERNEL_IMPLS if spec.kernel_op else MODULE_IMPLS
+    op = spec.te_fused or spec.kernel_op
+    return {**own, **{impl: v for (o, impl), v in REFERENCE_IMPLS.items() if o == op}}
 
 
 Fn = Callable[[torch.Tensor], torch.Tensor]
 
 
-def layer_function(norm: str, impl: str, hidden: int, cfg: RunConfig, device: torch.device,
-                   dtype: torch.dtype) -> tuple[Fn, list[torch.Tensor]]:
-    """(f(x) -> y, parameters) for one norm implementation, parameters initialised as in the model."""
-    from pipeline import kernels
-    from pipeline.kernels import reference
-    from pipeline.norms import alpha_init
+def norm_module(spec: NormSpec, cfg: RunConfig, device: torch.device, kernel: str | None) -> torch.nn.Module:
+    """The norm as the model builds it at an MLP site (recipe params, the run's dtype), on `device`."""
+    from pipeline.model import transformer_config
 
-    n = cfg.model.norm
-    kw = {"device": device, "dtype": dtype}
+    config = transformer_config(cfg, on_gpu=device.type == "cuda")
+    params = spec.params(cfg.model.norm, cfg.model.hidden_size, "mlp")
+    if kernel is not None:
+        params["kernel"] = kernel
+    module = spec.cls(config=config, hidden_size=cfg.model.hidden_size, eps=cfg.model.norm.eps, **params)
+    return module.to(device)
+
+
+def layer_function(spec: NormSpec, impl: str, cfg: RunConfig, device: torch.device,
+                   dtype: torch.dtype) -> tuple[Fn, list[torch.Tensor]]:
+    """(f(x) -> y, parameters) for one implementation of a norm, parameters initialised as in the model."""
+    n, hidden = cfg.model.norm, cfg.model.hidden_size
+    op = spec.te_fused or spec.kernel_op
     if impl in ("te", "liger"):
-        module = _optional_modules(norm, impl, hidden, n.eps, n.bias).to(**kw)
+        module = _third_party(op, impl, hidden, n.eps, n.bias).to(device, dtype)
         return module, list(module.parameters())
-    weight = torch.ones(hidden, requires_grad=True, **kw)
-    if norm == "rmsnorm":
-        fns = {"eager": lambda x: _rms_unfused(x, weight, n.eps),
-               "torch": lambda x: F.rms_norm(x, (hidden,), weight, n.eps),
-               "compile": lambda x: reference.compiled(_rms_unfused)(x, weight, n.eps)}
-        return fns[impl], [weight]
-    if norm == "layernorm":
-        bias = torch.zeros(hidden, requires_grad=True, **kw)
-        op = F.layer_norm if impl == "torch" else reference.compiled(F.layer_norm)
-        return (lambda x: op(x, (hidden,), weight, bias, n.eps)), [weight, bias]
-    alpha = torch.full((1,), alpha_init(n, hidden).mlp, requires_grad=True, **kw)
-    beta = torch.zeros(hidden, requires_grad=True, **kw) if n.bias else None
-    params = [alpha, weight] + ([beta] if beta is not None else [])
-    if norm == "dyt":
-        return (lambda x: kernels.dyt(x, alpha, weight, beta, kernel=impl)), params
-    shift = torch.zeros(1, requires_grad=True, **kw)
-    return (lambda x: kernels.derf(x, alpha, shift, weight, beta, kernel=impl)), params + [shift]
+    if (op, impl) == ("RMSNorm", "eager"):
+        weight = torch.ones(hidden, requires_grad=True, device=device, dtype=dtype)
+        return (lambda x: _rms_unfused(x, weight, n.eps)), [weight]
+    module = norm_module(spec, cfg, device, impl if spec.kernel_op else None)
+    fn = torch.compile(module) if impl == "compile" and not spec.kernel_op else module
+    return fn, list(module.parameters())
 
 
 def layer_cases(cfg: RunConfig, norms: list[str], device: torch.device
                 ) -> tuple[list[Case], list[Case], list[dict]]:
     """Forward and forward+backward cases for every available implementation; also the skipped ones."""
+    from pipeline.model import transformer_config
+
     m, t = cfg.model, cfg.train
-    dtype = torch.bfloat16 if t.precision == "bf16" else torch.float32
+    dtype = transformer_config(cfg, on_gpu=device.type == "cuda").params_dtype
     shape = (m.seq_length, t.micro_batch_size, m.hidden_size)
     tokens = shape[0] * shape[1]
     gen = torch.Generator(device="cpu").manual_seed(0)
     x = torch.randn(shape, generator=gen).to(device=device, dtype=dtype)
     dy = torch.randn(shape, generator=gen).to(device=device, dtype=dtype)
     fwd, fwd_bwd, skipped = [], [], []
-    for (norm, impl), (desc, needs_cuda) in LAYER_IMPLS.items():
-        label = f"{norm}[{impl}]"
-        if norm not in norms:
-            continue
-        if needs_cuda and device.type != "cuda":
-            skipped.append({"label": label, "reason": "needs CUDA"})
-            continue
-        try:
-            fn, params = layer_function(norm, impl, m.hidden_size, cfg, device, dtype)
-        except ImportError as e:
-            skipped.append({"label": label, "reason": f"not installed ({e.name})"})
-            continue
-        except Exception as e:  # an optional third-party kernel whose API moved: skip it, say why
-            if impl not in ("te", "liger"):
-                raise
-            skipped.append({"label": label, "reason": f"{type(e).__name__}: {e}"})
-            continue
-        xg = x.detach().requires_grad_(True)
+    for norm in norms:
+        spec = get_spec(norm)
+        for impl, (desc, needs_cuda) in layer_impls(spec).items():
+            label = f"{norm}[{impl}]"
+            if needs_cuda and device.type != "cuda":
+                skipped.append({"label": label, "reason": "needs CUDA"})
+                continue
+            try:
+                fn, params = layer_function(spec, impl, cfg, device, dtype)
+            except ImportError as e:
+                skipped.append({"label": label, "reason": f"not installed ({e.name})"})
+                continue
+            except Exception as e:  # an optional third-party kernel whose API moved: skip it, say why
+                if impl not in ("te", "liger"):
+                    raise
+                skipped.append({"label": label, "reason": f"{type(e).__name__}: {e}"})
+                continue
+            xg = x.detach().requires_grad_(True)
 
-        def forward(fn: Fn = fn) -> torch.Tensor:
-            with torch.no_grad():
-                return fn(x)
+            def forward(fn: Fn = fn) -> torch.Tensor:
+                with torch.no_grad():
+                    return fn(x)
 
-        def forward_backward(fn: Fn = fn, params: list = params, xg: torch.Tensor = xg) -> tuple:
-            return torch.autograd.grad(fn(xg), [xg, *params], dy)
+            def forward_backward(fn: Fn = fn, params: list = params, xg: torch.Tensor = xg) -> tuple:
+                return torch.autograd.grad(fn(xg), [xg, *params], dy)
 
-        fwd.append(Case(label, norm, impl, desc, forward, tokens=tokens))
-        fwd_bwd.append(Case(label, norm, impl, desc, forward_backward, tokens=tokens))
+            fwd.append(Case(label, norm, impl, desc, forward, tokens=tokens))
+            fwd_bwd.append(Case(label, norm, impl, desc, forward_backward, tokens=tokens))
     return fwd, fwd_bwd, skipped
 
 
 def model_variants(norms: list[str], device: torch.device) -> list[tuple[str, str, str, list[str]]]:
-    """(label, norm, description, overrides) per whole-model variant: LN/RMSNorm as the model builds them
-    (fused into the next linear by Transformer Engine when installed on GPU), DyT-like norms per kernel."""
+    """(label, norm, description, overrides) per whole-model variant: norms without a kernel op as the model
+    builds them (LN/RMSNorm fused into the next linear by Transformer Engine when installed on GPU), the
+    others per kernel, plus the fused residual add where the norm has one (CUDA)."""
+    kernels = ["eager", "compile"] + (["triton"] if device.type == "cuda" else [])
     out = []
     for norm in norms:
-        if norm in ("rmsnorm", "layernorm"):
-            out.append((norm, norm, "as the model builds it", [f"model.norm.type={norm}"]))
+        spec = get_spec(norm)
+        base = [f"model.norm.type={norm}"]
+        if not spec.kernel_op:
+            out.append((norm, norm, "as the model builds it", base))
             continue
-        for k in ["eager", "compile"] + (["triton"] if device.type == "cuda" else []):
-            out.append((f"{norm}[{k}]", norm, f"kernel {k}",
-                        [f"model.norm.type={norm}", f"model.norm.kernel={k}"]))
-        if norm == "dyt" and device.type == "cuda":
-            out.append(("dyt[triton+add]", norm, "Triton, residual add fused into the pre-MLP DyT",
-                        ["model.norm.type=dyt", "model.norm.kernel=triton",
-                         "model.norm.fuse_residual_add=true"]))
+        for k in kernels:
+            out.append((f"{norm}[{k}]", norm, f"kernel {k}", [*base, f"model.norm.kernel={k}"]))
+        if spec.fused_add_op and device.type == "cuda":
+            out.append((f"{norm}[triton+add]", norm, "Triton, residual add fused into the pre-MLP norm",
+                        [*base, "model.norm.kernel=triton", "model.norm.fuse_residual_add=true"]))
     return out
 
 
@@ -201,7 +205,7 @@ def model_cases(config: str, overrides: list[str], norms: list[str], device: tor
     """Forward and train-step cases, one engine per variant, all resident at once (so they can interleave);
     also each engine's static memory in MB (params, grads, optimizer state; CUDA only)."""
     from pipeline import runtime
-    from pipeline.engine import MegatronEngine
+    from pipeline.engine import build_engine
 
     common = [*overrides, *SINGLE_PROCESS, f"train.device={device.type}"]
     base_cfg = load_config(config, common)
@@ -213,7 +217,7 @@ def model_cases(config: str, overrides: list[str], norms: list[str], device: tor
         cfg = load_config(config, [*common, *extra])
         _sync(device)
         before = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
-        engine = MegatronEngine(cfg, rt, vocab)
+        engine = build_engine(cfg, rt, vocab)
         engine.train_step(batches)  # allocates the optimizer state
         _sync(device)
         static[label] = (torch.cuda.memory_allocated(device) - before) / 2**20 if before is not None else None
@@ -293,9 +297,8 @@ def run_bench(config: str, overrides: list[str], out_dir: Path, norms: list[str]
     """Both levels on `device` (cpu | cuda); returns the results and writes the figure to out_dir."""
     from pipeline import runtime  # first: it quiets megatron's import-time notices
     from pipeline.data import load_manifest
-    from pipeline.train import manifest_path
 
-    norms = list(norms or NORMS)
+    norms = list(norms or registered_norms())
     cfg = load_config(config, overrides)
     dev = torch.device(device)
     min_rep_s = min_rep_s if min_rep_s is not None else (0.05 if dev.type == "cuda" else 0.02)
@@ -315,7 +318,7 @@ def run_bench(config: str, overrides: list[str], out_dir: Path, norms: list[str]
                             "norms": norms}}
     sections = [("layer forward", layer["forward"]), ("layer forward+backward", layer["forward_backward"])]
     if not skip_model:
-        vocab = cfg.model.vocab_size or load_manifest(manifest_path(cfg)).vocab_size
+        vocab = cfg.model.vocab_size or load_manifest(cfg.data.manifest_path).vocab_size
         mfwd, mstep, static = model_cases(config, overrides, norms, dev, vocab)
         try:
             for cases in (mfwd, mstep):

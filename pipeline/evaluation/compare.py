@@ -19,11 +19,13 @@ from pathlib import Path
 import yaml
 
 from pipeline.config import ConfigError, RunConfig, load_config, to_dict
+from pipeline.config.rerun import config_diff
 from pipeline.evaluation import plots, report
 from pipeline.evaluation.common import child_env
 from pipeline.evaluation.events import Curve, read_scalars
 from pipeline.evaluation.schema import CompareConfig, load_compare_config
 from pipeline.evaluation.stats import paired_difference, summarize
+from pipeline.monitor import tags
 
 # metric -> (TensorBoard tag, which value). train/loss points are means over each log_interval window.
 METRICS = {"final_train": ("train/loss", "final"), "best_train": ("train/loss", "best"),
@@ -33,6 +35,12 @@ SAME_DATA_KEYS = ("train.steps", "train.global_batch_size", "model.seq_length", 
                   "data.prepare")
 # Keys that may change between a finished run and now without invalidating it.
 REUSE_IGNORED = ("launch.launcher", "launch.slurm")
+# Keys that differ between arms by construction (run name); everything else that differs is reported.
+ARM_IGNORED = ("name",)
+# Config keys that belong to the norm recipe; an arm differing elsewhere is a confound the report flags.
+RECIPE_KEYS = ("model.norm.", "model.embedding_scale")
+# Per-site curves kept from each run (besides the losses) for the report's norm and diagnostics sections.
+KEPT_STATS = (tags.ALPHA, tags.RESIDUAL_RMS, tags.TANH_MEAN, "dyt_saturation_gt_")
 
 
 class CompareError(RuntimeError):
@@ -81,14 +89,6 @@ class RunResult:
     curves: dict[str, Curve] = field(default_factory=dict)
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        out.update(_flatten(v, key + ".") if isinstance(v, dict) else {key: v})
-    return out
-
-
 def _get(cfg: RunConfig, dotted: str):
     node = to_dict(cfg)
     for part in dotted.split("."):
@@ -122,9 +122,7 @@ def plan(cc: CompareConfig, launcher: str | None = None) -> list[RunPlan]:
 
 
 def _config_diff(saved: dict, wanted: dict) -> list[str]:
-    a, b = _flatten(saved), _flatten(wanted)
-    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and not k.startswith(REUSE_IGNORED))
-    return [f"{k}: {a.get(k)!r} → {b.get(k)!r}" for k in keys]
+    return [f"{k}: {old!r} → {new!r}" for k, old, new in config_diff(saved, wanted, REUSE_IGNORED)]
 
 
 def read_status(run_dir: Path) -> dict:
@@ -149,12 +147,10 @@ def is_reusable(p: RunPlan) -> bool:
 def ensure_data(p: RunPlan) -> None:
     """Build the runs' (shared) data set when its manifest is missing, as `make data` would; a manifest that
     exists is left to training's own checks (tokenizer hash, shard files)."""
-    from pipeline.train import manifest_path
-
-    if manifest_path(p.cfg).is_file() or p.cfg.data.prepare is None:
+    if p.cfg.data.manifest_path.is_file() or p.cfg.data.prepare is None:
         return
     cmd = [sys.executable, "-m", "launch.data", p.config, *p.overrides, "--launcher", "local"]  # here, now
-    print(f"== data: {manifest_path(p.cfg)} missing, preparing it ({' '.join(cmd[1:])})", flush=True)
+    print(f"== data: {p.cfg.data.manifest_path} missing, preparing it ({' '.join(cmd[1:])})", flush=True)
     if subprocess.run(cmd, env=child_env()).returncode != 0:
         raise CompareError(f"data preparation failed: {' '.join(cmd)}")
 
@@ -197,8 +193,8 @@ def run_metrics(curves: dict[str, Curve]) -> dict[str, float | None]:
 def collect(p: RunPlan, reused: bool, seconds: float | None) -> RunResult:
     status = read_status(p.run_dir)
     curves = read_scalars(p.run_dir / "tensorboard")
-    keep = {tag: c for tag, c in curves.items() if tag in ("train/loss", "val/loss")
-            or tag.startswith("norm/")}
+    keep = {tag: c for tag, c in curves.items() if tag in ("train/loss", "val/loss", tags.EMBEDDING_SCALE)
+            or tag.startswith(KEPT_STATS)}
     steps = curves.get("train/loss", ([], []))[0]
     if not steps or steps[-1] != p.cfg.train.steps:
         raise CompareError(f"run {p.name}: train/loss ends at step {steps[-1] if steps else None}, expected "
@@ -213,24 +209,12 @@ def data_facts(cfg: RunConfig) -> dict:
     from pipeline import runtime  # noqa: F401  (first: it quiets megatron's import-time notices)
     from pipeline.data import load_manifest
     from pipeline.evaluation.unigram import unigram_reference
-    from pipeline.train import manifest_path
+    from pipeline.model import weight_count
 
-    manifest = load_manifest(manifest_path(cfg))
-    return {"params": count_params(cfg, cfg.model.vocab_size or manifest.vocab_size),
+    manifest = load_manifest(cfg.data.manifest_path)
+    return {"params": weight_count(cfg, cfg.model.vocab_size or manifest.vocab_size),
             "params_note": "weights of embeddings and linear layers, norm parameters excluded",
             "unigram_reference": unigram_reference(manifest)}
-
-
-def count_params(cfg: RunConfig, vocab_size: int) -> int:
-    """Weights of the embeddings and linear layers (norm parameters, a few per layer, are left out)."""
-    from pipeline.model import ffn_hidden_size, padded_vocab_size
-
-    m = cfg.model
-    h, f, groups = m.hidden_size, ffn_hidden_size(cfg), m.num_query_groups or m.num_attention_heads
-    vocab = padded_vocab_size(vocab_size, cfg)
-    qkv = h * (h + 2 * groups * h // m.num_attention_heads)
-    per_layer = qkv + h * h + 3 * h * f  # qkv, proj, SwiGLU fc1 (2f) + fc2 (f)
-    return m.num_layers * per_layer + vocab * h * (2 if m.untie_embeddings else 1)
 
 
 def analyze(cc: CompareConfig, runs: list[RunResult]) -> tuple[dict, dict]:
@@ -257,9 +241,63 @@ def analyze(cc: CompareConfig, runs: list[RunResult]) -> tuple[dict, dict]:
     return summary, differences
 
 
+def arms(cc: CompareConfig, configs: dict[str, dict]) -> dict:
+    """Per variant, from its resolved config (`configs[label]`, one seed): the norm recipe it resolves to, and
+    every config key whose value differs from the baseline's, split into the norm recipe and anything else
+    (a confound)."""
+    from pipeline.config.loader import build
+    from pipeline.config.schema import RunConfig
+    from pipeline.norms.resolved import resolved_recipe
+
+    out = {}
+    for v in cc.variants:
+        diff = [{"key": k, "baseline": old, "value": new}
+                for k, old, new in config_diff(configs[cc.baseline], configs[v.label]) if k not in ARM_IGNORED]
+        out[v.label] = {"recipe": resolved_recipe(build(RunConfig, configs[v.label], "")),
+                        "recipe_differences": [d for d in diff if d["key"].startswith(RECIPE_KEYS)],
+                        "other_differences": [d for d in diff if not d["key"].startswith(RECIPE_KEYS)]}
+    return out
+
+
+def _kind_means(curves: dict, stat: str) -> dict[str, float]:
+    """{site kind: mean over its sites of the last value} of one per-site statistic."""
+    by_kind: dict[str, list[float]] = {}
+    for site, (_, values) in tags.by_site(stat, curves).items():
+        by_kind.setdefault(tags.site_kind(site), []).append(values[-1])
+    return {kind: sum(v) / len(v) for kind, v in by_kind.items()}
+
+
+def _mean(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def diagnostics(cc: CompareConfig, runs: list[RunResult], threshold: float) -> dict:
+    """Per variant, at each run's last sample, averaged over seeds: RMS of the final norm's input and of each
+    block's input (the residual stream), and for DyT-like variants the saturated fraction (|α·x| > threshold)
+    and mean |tanh(α·x)| per site kind (mean over layers)."""
+    out = {}
+    for v in cc.variants:
+        rs = [r for r in runs if r.label == v.label]
+        last = [{site: c[1][-1] for site, c in tags.by_site(tags.RESIDUAL_RMS, r.curves).items()} for r in rs]
+        if not all(last):
+            continue
+        blocks = sorted(s for s in last[0] if tags.site_kind(s) == "attention")
+        entry = {"step": rs[0].curves[tags.site_tag(tags.RESIDUAL_RMS, blocks[0])][0][-1] if blocks else None,
+                 "final_input_rms": _mean([x.get("final") for x in last]),
+                 "block_input_rms": {s: _mean([x.get(s) for x in last]) for s in blocks}}
+        for key, stat in (("saturation", tags.saturation(threshold)), ("tanh_abs_mean", tags.TANH_MEAN)):
+            per_run = [_kind_means(r.curves, stat) for r in rs]
+            if all(per_run):
+                entry[key] = {kind: _mean([p.get(kind) for p in per_run]) for kind in per_run[0]}
+        out[v.label] = entry
+    return {"threshold": threshold, "variants": out}
+
+
 def norm_analysis(cc: CompareConfig, runs: list[RunResult], out_dir: Path, quiet: bool) -> dict:
-    """S-curves for each LN/RMSNorm variant and α curves for each DyT-like one, on the first seed's run,
-    each in its own process (`python -m pipeline.evaluation scurve`) like any evaluation job."""
+    """Each variant's norm analysed as its registration says (S-curves, α curves, or a note saying what was
+    not analysed), on the first seed's run, each in its own process (`python -m pipeline.evaluation scurve`)
+    like any evaluation job."""
     out = {}
     for v in cc.variants:
         run = next(r for r in runs if r.label == v.label and r.seed == cc.seeds[0])
@@ -311,6 +349,10 @@ def run_compare(name: str, launcher: str | None = None, train: bool = True, quie
     facts = data_facts(plans[0].cfg)
     figures = plots.compare_figures(cc.baseline, [asdict(r) for r in results], out_dir,
                                     facts["unigram_reference"])
+    threshold = plans[0].cfg.logging.diagnostics.thresholds[0]
+    diag = diagnostics(cc, results, threshold)
+    if diag["variants"]:
+        figures.append(plots.diagnostics_figure([asdict(r) for r in results], out_dir, threshold))
     norms = norm_analysis(cc, results, out_dir, quiet)
     data = {
         "kind": "compare",
@@ -323,6 +365,8 @@ def run_compare(name: str, launcher: str | None = None, train: bool = True, quie
         "summary": summary,
         "differences": differences,
         "figures": figures,
+        "arms": arms(cc, {r.label: r.config for r in results if r.seed == cc.seeds[0]}),
+        "diagnostics": diag,
         "norms": norms,
     }
     report.write(out_dir, report.render_compare(data), data)

@@ -25,6 +25,8 @@ def read_scalars(tb_dir: Path, tags: list[str] | None = None) -> dict[str, Curve
             for v in event.summary.value:
                 if tags is not None and v.tag not in tags:
                     continue
+                if not v.HasField("simple_value") and v.metadata.plugin_data.plugin_name != "scalars":
+                    continue  # text, histograms, hparams
                 if v.HasField("simple_value"):
                     value = v.simple_value
                 else:  # EventFileLoader turns simple_value into a scalar tensor

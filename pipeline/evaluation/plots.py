@@ -9,6 +9,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 import numpy as np  # noqa: E402
 
+from pipeline.monitor import tags  # noqa: E402
+
 LOSS_TAGS = (("train/loss", "train loss (mean over each log window)"), ("val/loss", "validation loss"))
 
 
@@ -76,6 +78,49 @@ def compare_figures(baseline: str, runs: list[dict], out_dir: Path, unigram: dic
         ax.legend()
     names.append(_save(fig, out_dir / "loss_diff.png"))
     return names
+
+
+def _kind_curve(curves: dict, stat: str, kind: str) -> tuple[list[int], np.ndarray] | None:
+    """Mean over the sites of one kind (e.g. every attention layer) of a per-site statistic, per step."""
+    sites = [c for site, c in tags.by_site(stat, curves).items() if tags.site_kind(site) == kind]
+    return _mean_curve(sites) if sites else None
+
+
+def diagnostics_figure(runs: list[dict], out_dir: Path, threshold: float) -> str:
+    """diagnostics.png: the residual stream (RMS of the final norm's input over training; RMS of each block's
+    input at the last sample) for every variant, and the saturated fraction |α·x| > threshold of the DyT-like
+    ones (final site; attention and MLP sites averaged over layers). Seed means."""
+    by_label = _by_label(runs)
+    colors = {label: f"C{i}" for i, label in enumerate(by_label)}
+    sat = tags.saturation(threshold)
+    dyt_like = [label for label, rs in by_label.items() if all(tags.by_site(sat, r["curves"]) for r in rs)]
+    fig, axes = plt.subplots(1, 3 if dyt_like else 2, figsize=(17 if dyt_like else 12, 4.2), squeeze=False)
+    ax_final, ax_layers = axes[0][0], axes[0][1]
+    for label, rs in by_label.items():
+        finals = [r["curves"][tags.site_tag(tags.RESIDUAL_RMS, "final")] for r in rs
+                  if tags.site_tag(tags.RESIDUAL_RMS, "final") in r["curves"]]
+        if finals:
+            ax_final.plot(*_mean_curve(finals), color=colors[label], lw=2, label=label)
+        blocks = sorted(s for s in tags.by_site(tags.RESIDUAL_RMS, rs[0]["curves"]) if tags.site_kind(s) == "attention")
+        if blocks:
+            last = [np.mean([tags.by_site(tags.RESIDUAL_RMS, r["curves"])[s][1][-1] for r in rs]) for s in blocks]
+            ax_layers.plot(range(1, len(blocks) + 1), last, marker="o", color=colors[label], label=label)
+    ax_final.set(title="residual stream: RMS of the final norm's input", xlabel="step", ylabel="RMS", yscale="log")
+    ax_layers.set(title="RMS of each block's input (last sample)", xlabel="layer", ylabel="RMS", yscale="log")
+    ax_layers.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    if dyt_like:
+        ax = axes[0][2]
+        for label in dyt_like:
+            for kind, style in (("final", "-"), ("attention", "--"), ("mlp", ":")):
+                curves = [_kind_curve(r["curves"], sat, kind) for r in by_label[label]]
+                if all(c is not None for c in curves):
+                    ax.plot(*_mean_curve(curves), color=colors[label], ls=style, label=f"{label} {kind}")
+        ax.set(title=f"DyT saturation: fraction |α·x| > {threshold:g}", xlabel="step", ylabel="fraction",
+               ylim=(0, 1))
+    for ax in axes[0]:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return _save(fig, out_dir / "diagnostics.png")
 
 
 def _grid(n: int, cols: int = 4):

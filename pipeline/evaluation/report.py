@@ -81,19 +81,21 @@ def norms_section(data: dict, prefix: str = "") -> list[str]:
                      [[r["site"], num(r["alpha"], 3), num(r["scale"], 3), num(r["r2_tanh"]),
                        num(r["r2_linear"]), num(r["x_std"], 3), num(r["x_absmax"], 2),
                        num(r["alpha_x_absmax"], 2)] for r in data["sites"]])]
-    else:
+    elif data["kind"] == "alpha":
         emb = data.get("embedding_scale")
         emb_text = f"; embedding scalar {num(emb['init'], 2)} → {num(emb['final'], 2)}" if emb else ""
         out = [f"{data['norm']} run `{data['name']}`: α per site over training (TensorBoard "
-               f"`norm/alpha/...`; step 0 is the recipe's α₀){emb_text}.", "",
+               f"`norm_alpha/...`; step 0, where shown, is the recipe's α₀){emb_text}.", "",
                table(["site", "α₀ (recipe)", "final α", "min", "max"],
                      [[r["site"], num(r["alpha_init"], 3), num(r["alpha_final"], 3), num(r["alpha_min"], 3),
                        num(r["alpha_max"], 3)] for r in data["sites"]])]
+    else:
+        out = [f"{data['norm']} run `{data['name']}`: **not analysed**: {data['reason']}."]
     return out + [""] + [f"![{f}]({prefix}{f})" for f in data["figures"]]
 
 
 def render_norms(data: dict) -> str:
-    title = "S-curves" if data["kind"] == "scurve" else "DyT α over training"
+    title = {"scurve": "S-curves", "alpha": "α over training", "none": "Norm analysis"}[data["kind"]]
     return "\n".join([f"# {title}: {data['name']}", "", *norms_section(data), "",
                       f"Command: `{data['command']}`", ""])
 
@@ -143,6 +145,63 @@ def _unigram_text(data: dict) -> str:
             f"{num(ref['train_entropy'])}); dashed in the plots.")
 
 
+def _alpha_text(recipe: dict) -> str:
+    a = recipe["alpha_init"]
+    return "—" if a is None else " / ".join(num(a[k], 3) for k in ("attention", "mlp", "final"))
+
+
+def _change(d: dict) -> str:
+    return f"`{d['key']}` `{json.dumps(d['baseline'])}` → `{json.dumps(d['value'])}`"
+
+
+def confounds(data: dict) -> list[str]:
+    """Differences between the arms beyond the norm and its recipe, and a weight-decay policy that differs."""
+    base = data["compare_config"]["baseline"]
+    base_decay = data["arms"][base]["recipe"]["weight_decay_on"]
+    out = []
+    for label, a in data["arms"].items():
+        if a["other_differences"]:
+            keys = ", ".join(f"`{d['key']}`" for d in a["other_differences"])
+            out.append(f"`{label}` differs from `{base}` beyond the norm recipe: {keys}")
+        if a["recipe"]["weight_decay_on"] != base_decay:
+            out.append(f"weight decay applies to {a['recipe']['weight_decay_on']} in `{label}` but to {base_decay} "
+                       f"in `{base}` (set `model.norm.weight_decay=paper` in both for the paper's policy)")
+    return out
+
+
+def arms_section(data: dict) -> list[str]:
+    base = data["compare_config"]["baseline"]
+    rows = [[label, "; ".join(_change(d) for d in a["recipe_differences"]) or "—",
+             "; ".join(_change(d) for d in a["other_differences"]) or "none"]
+            for label, a in data["arms"].items() if label != base]
+    found = confounds(data)
+    verdict = ("**Only the norm and its recipe differ between the arms.**" if not found else
+               "**Confounds:** " + "; ".join(found) + ".")
+    return [f"Every resolved config key that differs from the baseline `{base}`'s (same seed; run name excluded):",
+            "", table(["variant", "norm recipe keys", "any other key"], rows), "", verdict]
+
+
+def diagnostics_section(data: dict) -> list[str]:
+    d = data["diagnostics"]
+    t = d["threshold"]
+    rows = []
+    for label, e in d["variants"].items():
+        blocks = e["block_input_rms"]
+        top = max(blocks, key=lambda s: blocks[s]) if blocks else None
+        sat, tanh = e.get("saturation", {}), e.get("tanh_abs_mean", {})
+        rows.append([label, e["step"], num(e["final_input_rms"], 3),
+                     f"{num(blocks[top], 3)} ({top.split('/')[1]})" if top else "—",
+                     *[num(sat.get(k), 3) for k in ("attention", "mlp", "final")], num(tanh.get("final"), 3)])
+    return [f"Sampled during training (`logging.diagnostics`: a few hundred token rows per norm site on sampled "
+            f"steps), values at the last sample, mean over seeds. The attention site's input is the residual "
+            f"stream entering its block (every norm type). Saturated: |α·x| > {t:g}, where tanh ≥ "
+            f"{math.tanh(t):.3f} passes almost no signal or gradient.", "",
+            table(["variant", "step", "final-norm input RMS", "largest block-input RMS (layer)",
+                   *[f"{kind}: α·x beyond ±{t:g}" for kind in ("attention", "MLP", "final")],
+                   "final: mean of abs tanh(α·x)"], rows), "",
+            "![residual stream and saturation](diagnostics.png)"]
+
+
 def compare_verdict(data: dict) -> str:
     cc, s = data["compare_config"], compare_setup(data)
     base = cc["baseline"]
@@ -157,12 +216,21 @@ def compare_verdict(data: dict) -> str:
         f"{s['seq_length']} tokens = {s['tokens_per_run']:,} tokens per run (≈"
         f"{s['tokens_per_run'] / s['params']:.2f} tokens per parameter), {s['precision']}, on {device}, "
         "identical batches per seed; " + "; ".join(parts) + "." + _unigram_note(data) + " "
-        "**Not shown:** anything about the paper's regime (LLaMA 7B–70B on 200B tokens, where it reports "
-        "equal loss): these models are tiny and trained far below compute-optimal, so the numbers mostly "
-        "reflect how fast each variant descends early in training; one data set, one learning rate and one "
-        "α₀ recipe per variant; no downstream evaluation; and nothing about speed (throughput in these "
-        "training logs is a shared machine, not a benchmark: see `make bench-model`)."
+        + "".join(f"**Confound:** {c}. " for c in confounds(data)) + _not_shown(s)
     )
+
+
+PAPER_SCALE_PARAMS = 5e9  # the paper's smallest LLM (LLaMA 7B: 6.7B weights); below it, "tiny" caveats apply
+
+
+def _not_shown(s: dict) -> str:
+    common = ("one data set, one learning rate and one α₀ recipe per variant; no downstream evaluation; and "
+              "nothing about speed (throughput in training logs is not a benchmark: see `make bench-model`).")
+    if s["params"] >= PAPER_SCALE_PARAMS:
+        return f"**Not shown:** other model sizes than this one; {common}"
+    return ("**Not shown:** anything about the paper's regime (LLaMA 7B–70B on 200B tokens, where it reports "
+            "equal loss): these models are small and trained far below compute-optimal, so the numbers mostly "
+            f"reflect how fast each variant descends early in training; {common}")
 
 
 def render_compare(data: dict) -> str:
@@ -170,9 +238,11 @@ def render_compare(data: dict) -> str:
     labels = [v["label"] for v in cc["variants"]]
     s = compare_setup(data)
     metrics = [m for m in METRIC_NAMES if any(m in data["summary"][label] for label in labels)]
-    norm_of = {r["label"]: r["config"]["model"]["norm"]["type"] for r in data["runs"]}
-    setup_rows = [[v["label"], v["config"], norm_of[v["label"]], " ".join(v["overrides"]) or "—"]
-                  for v in cc["variants"]]
+    recipe = {label: a["recipe"] for label, a in data["arms"].items()}
+    setup_rows = [[v["label"], v["config"], recipe[v["label"]]["norm"], _alpha_text(recipe[v["label"]]),
+                   num(recipe[v["label"]]["embedding_scale_init"], 2),
+                   f"{recipe[v['label']]['weight_decay_on']} (`{recipe[v['label']]['weight_decay_policy']}`)",
+                   " ".join(v["overrides"]) or "—"] for v in cc["variants"]]
     summary_rows = [[label, *[_mean_std(data["summary"][label].get(m)) for m in metrics]] for label in labels]
     diff_rows = [[label, METRIC_NAMES[m], num(d["mean"], signed=True), num(d["std"]), _ci(d), d["n"],
                   "—" if d["excludes_zero"] is None else ("yes" if d["excludes_zero"] else "no")]
@@ -182,7 +252,8 @@ def render_compare(data: dict) -> str:
     out = [
         f"# Norm comparison: {cc['name']}", "", _provenance(data), "",
         "## Verdict", "", compare_verdict(data), "",
-        "## Setup", "", table(["variant", "run config", "norm", "extra overrides"], setup_rows), "",
+        "## Setup", "", table(["variant", "run config", "norm", "α₀ attention / MLP / final", "embedding scalar",
+                               "weight decay on", "extra overrides"], setup_rows), "",
         f"Seeds {cc['seeds']}, paired: with the same seed every variant reads the same batches in the same "
         f"order. {s['steps']} steps × {s['global_batch']} sequences × {s['seq_length']} tokens. "
         f"Common overrides: `{' '.join(cc['overrides']) or '—'}`. Parameters (embeddings + linear "
@@ -192,6 +263,7 @@ def render_compare(data: dict) -> str:
         "Train loss points are TensorBoard `train/loss`: means over each `train.log_interval` window; "
         "\"final\" is the last point, \"best\" the minimum. Validation loss is the mean over the same "
         "`train.eval_iters` batches of the validation split at each evaluation." + _unigram_text(data), "",
+        "## What differs between the arms", "", *arms_section(data), "",
         f"## Difference to the baseline `{cc['baseline']}` (paired by seed)", "",
         table(["variant", "metric", "mean Δ", "std of Δ", "95% CI", "n", "CI excludes 0"], diff_rows), "",
         "Method: Δ_i = variant − baseline for seed i; interval mean(Δ) ± t(0.975, n−1)·sd(Δ)/√n (Student t; "
@@ -199,8 +271,10 @@ def render_compare(data: dict) -> str:
         "## Loss curves", "", "![loss curves](loss_curves.png)", "",
         "![difference to baseline](loss_diff.png)", "",
         "## Per run", "",
-        table(["run", "variant", "seed", *[METRIC_NAMES[m] for m in metrics], "trained here"], run_rows), "",
-        "## Norm layers (first seed of each variant)", ""]
+        table(["run", "variant", "seed", *[METRIC_NAMES[m] for m in metrics], "trained here"], run_rows), ""]
+    if data["diagnostics"]["variants"]:
+        out += ["## Residual stream and DyT saturation", "", *diagnostics_section(data), ""]
+    out += ["## Norm layers (first seed of each variant)", ""]
     for label, n in data["norms"].items():
         out += [f"### {label}", "", *norms_section(n, prefix=f"{n['dir']}/"), ""]
     out += ["Every number above, every run's resolved config and launch command: `results.json`.", ""]
@@ -221,26 +295,34 @@ def _ratio(a: dict, b: dict, digits: int = 2) -> str:
     return f"{num(a['median_ms'] / b['median_ms'], digits)}×"
 
 
+def _against(rows: list[dict], base: dict) -> str:
+    """"`a[x]` 1.23×, `b[y]` 0.98×": the fastest row of each other norm relative to `base`."""
+    fastest = [_fastest(rows, n) for n in dict.fromkeys(r["norm"] for r in rows if r["norm"] != base["norm"])]
+    return ", ".join(f"`{f['label']}` {_ratio(f, base)}" for f in fastest)
+
+
 def bench_verdict(data: dict) -> str:
     layer = data["layer"]
+    base_norm = next((r["norm"] for r in layer["forward"] if r["label"] == layer["baseline"]), None)
     found = []
     for passname, rows in (("forward", layer["forward"]), ("forward+backward", layer["forward_backward"])):
-        dyt, rms = _fastest(rows, "dyt"), _fastest(rows, "rmsnorm")
-        if dyt and rms:
-            found.append(f"layer {passname}: the fastest DyT (`{dyt['label']}`, "
-                         f"{num(dyt['median_ms'], 3)} ms) takes {_ratio(dyt, rms)} the time of the fastest "
-                         f"RMSNorm (`{rms['label']}`, {num(rms['median_ms'], 3)} ms)")
-        de, re_ = _row(rows, "dyt[eager]"), _row(rows, "rmsnorm[eager]")
-        if de and re_:
-            found.append(f"unfused against unfused as in the paper's Table 7, `dyt[eager]` takes "
-                         f"{_ratio(de, re_)} `rmsnorm[eager]`'s time ({passname})")
+        base = _fastest(rows, base_norm)
+        if base and len({r["norm"] for r in rows}) > 1:
+            found.append(f"layer {passname}, the fastest of each norm against the fastest {base_norm} "
+                         f"(`{base['label']}`, {num(base['median_ms'], 3)} ms): {_against(rows, base)}")
+        unfused = _row(rows, f"{base_norm}[eager]")
+        eager = [r for r in rows if r["impl"] == "eager" and r["norm"] != base_norm]
+        if unfused and eager:
+            found.append(f"unfused against unfused as in the paper's Table 7 ({passname}), against "
+                         f"`{unfused['label']}`: " + ", ".join(f"`{r['label']}` {_ratio(r, unfused)}"
+                                                            for r in eager))
     if "model" in data:
         for passname, key in (("inference forward", "forward"), ("training step", "train_step")):
             rows = data["model"][key]
-            dyt, base = _fastest(rows, "dyt"), _row(rows, data["model"]["baseline"])
-            if dyt and base:
-                found.append(f"whole-model {passname}: the fastest DyT model (`{dyt['label']}`) takes "
-                             f"{_ratio(dyt, base, 3)} the `{base['label']}` model's time")
+            base = _row(rows, data["model"]["baseline"])
+            if base and len({r["norm"] for r in rows}) > 1:
+                found.append(f"whole-model {passname} against the `{base['label']}` model: "
+                             f"{_against(rows, base)}")
     cpu_note = ("**This is a CPU measurement:** it says nothing about GPU kernels, where the question (fused "
                 "DyT vs fused RMSNorm, and Transformer Engine's norm+GEMM fusion) is decided; at these tiny "
                 "shapes CPU time is dominated by per-op overhead and the shared machine's noise (see the "

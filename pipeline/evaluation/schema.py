@@ -15,8 +15,8 @@ so that, with the same seed, all variants see the same batches in the same order
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.config import ConfigError
-from pipeline.config.loader import CONFIGS_ROOT, build, compose
+from pipeline.config import ConfigError, config_dirs
+from pipeline.config.loader import build, compose
 
 
 @dataclass
@@ -53,19 +53,21 @@ class CompareConfig:
         return self.report_dir / "runs"
 
 
-def find_compare_config(name: str, root: Path = CONFIGS_ROOT) -> Path:
-    """A path as given, `configs/<name>.yaml`, or `configs/compare/<name>.yaml`."""
-    for cand in (Path(name), root / name, root / f"{name}.yaml", root / "compare" / f"{name}.yaml"):
+def find_compare_config(name: str) -> Path:
+    """A path as given, else `<name>.yaml` or `compare/<name>.yaml` in the first config dir that has it."""
+    dirs = config_dirs()
+    in_dirs = (c for d in dirs for c in (d / name, d / f"{name}.yaml", d / "compare" / f"{name}.yaml"))
+    for cand in (Path(name), *in_dirs):
         if cand.is_file():
             return cand
-    known = sorted(str(p.relative_to(root))[:-5] for p in (root / "compare").glob("*.yaml"))
+    known = sorted({f"compare/{p.stem}" for d in dirs for p in (d / "compare").glob("*.yaml")})
     raise ConfigError(f"compare config '{name}': no such file (known: {', '.join(known) or 'none'})")
 
 
-def load_compare_config(name: str, root: Path = CONFIGS_ROOT) -> CompareConfig:
+def load_compare_config(name: str) -> CompareConfig:
     """Read, type-check (errors name the key) and validate a compare config."""
-    path = find_compare_config(name, root)
-    data = compose(path, root)
+    path = find_compare_config(name)
+    data = compose(path)
     if "variants" not in data and "model" in data:
         raise ConfigError(f"{path} is a run config; a compare config lists `variants` (see configs/compare/)")
     return build(CompareConfig, data, "")

@@ -8,7 +8,10 @@ s is closed form, s = Σ y·t / Σ t² with t = tanh(α·x), so the fit is a 1-D
 golden section). R² of that fit is reported next to R² of the best line through the origin, y ≈ c·x: a
 tanh fit no better than the line means the layer is still in its linear regime (no S-curve).
 
-DyT / Derf run: α per site over training, from TensorBoard (`norm/alpha/...`), and the embedding scalar.
+DyT / Derf run: α per site over training, from TensorBoard (`norm_alpha/...`), and the embedding scalar.
+
+Which of the two a run gets is its norm's registered `analysis` trait (pipeline/norms/registry.py); a norm
+with neither gets a result that says what was not analysed and why.
 """
 
 import math
@@ -17,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.evaluation import plots
-from pipeline.evaluation.common import SINGLE_PROCESS
 from pipeline.evaluation.events import read_scalars
+from pipeline.monitor import tags
 
 FIT_POINTS = 200_000  # elements per site used for the fit (a seeded random subset)
 PLOT_POINTS = 4_000  # elements per site drawn in the scatter plot
@@ -75,42 +78,17 @@ def pre_affine(module, x):
                     "into the next linear, e.g. by Transformer Engine, has no separate module to hook)")
 
 
-def load_trained(run_dir: Path):
-    """(cfg, engine, manifest, step): the weights of the run's latest complete checkpoint in one process."""
-    import json
-
-    from pipeline import runtime
-    from pipeline.checkpoint import META, CheckpointManager
-    from pipeline.config import load_config
-    from pipeline.data import load_manifest
-    from pipeline.engine import MegatronEngine
-    from pipeline.train import manifest_path
-
-    cfg = load_config(str(run_dir / "config.yaml"), SINGLE_PROCESS)
-    ckpt = CheckpointManager(run_dir / "checkpoints", cfg)
-    path = ckpt.find_resume("auto")
-    if path is None:
-        raise FileNotFoundError(f"{run_dir}/checkpoints: no complete checkpoint to analyse")
-    rt = runtime.init(cfg)
-    manifest = load_manifest(manifest_path(cfg))
-    engine = MegatronEngine(cfg, rt, cfg.model.vocab_size or manifest.vocab_size)
-    ckpt.load_weights(engine, path)
-    return cfg, engine, manifest, json.loads((path / META).read_text())["step"]
-
-
 def capture(engine, cfg, manifest, run_dir: Path) -> tuple[dict, str]:
     """Hook every norm site on the first validation micro-batch: {site: (module, x, out)}, 2-D fp32."""
     import torch
 
     from pipeline.data import build_datasets, step_microbatches
-    from pipeline.model import norm_sites
-
     t = cfg.train
     train_ds, valid_ds = build_datasets(manifest, cfg.model.seq_length, t.seed, t.micro_batch_size,
                                         t.micro_batch_size, run_dir / "cache")
     dataset, split = (valid_ds, "valid") if valid_ds is not None else (train_ds, "train")
     batch = next(step_microbatches(dataset, 0, t.micro_batch_size, t.micro_batch_size, 0, 1))
-    sites = norm_sites(engine.modules)
+    sites = engine.norm_sites()
     gen = torch.Generator().manual_seed(0)
     seen: dict[str, tuple] = {}
 
@@ -139,8 +117,10 @@ def scurves(run_dir: Path, out_dir: Path) -> dict:
     import torch
 
     from pipeline import runtime
+    from pipeline.run_loader import open_run
 
-    cfg, engine, manifest, step = load_trained(run_dir)
+    session = open_run(run_dir)
+    cfg, engine, manifest, step = session.cfg, session.engine, session.manifest, session.step
     try:
         seen, batch_desc = capture(engine, cfg, manifest, run_dir)
     finally:
@@ -170,25 +150,25 @@ def scurves(run_dir: Path, out_dir: Path) -> dict:
 
 
 def alpha_history(run_dir: Path, out_dir: Path) -> dict:
-    """α per site over training (and the embedding scalar) for a DyT-like run, from TensorBoard."""
+    """α per site over training (and the embedding scalar) for a run whose norm has α, from TensorBoard."""
     from pipeline.config import load_config
     from pipeline.norms import embedding_scale, site_params
 
     cfg = load_config(str(run_dir / "config.yaml"))
     m = cfg.model
     curves = read_scalars(run_dir / "tensorboard")
-    logged = {tag.removeprefix("norm/alpha/"): c for tag, c in curves.items()
-              if tag.startswith("norm/alpha/")}
+    logged = tags.by_site(tags.ALPHA, curves)
     if not logged:
-        raise ValueError(f"{run_dir}: no norm/alpha/* scalars in TensorBoard (logging.norm_stats off?)")
-    # TensorBoard starts at the first log step; the initial values (step 0) come from the recipe.
+        return not_analysed(cfg, run_dir, f"no {tags.ALPHA}/* scalars in TensorBoard (logging.norm_stats off?)")
+    # TensorBoard starts at the first log step; the initial values (step 0) come from the recipe, when
+    # the norm's recipe sets α₀ (a user norm may keep its own default: then the curve starts at step 1).
     alphas, rows = {}, []
     for site, (steps, values) in logged.items():
-        init = site_params(m.norm, m.hidden_size, site.split("/")[0])["alpha_init"]
-        alphas[site] = ([0, *steps], [init, *values])
+        init = site_params(m.norm, m.hidden_size, site.split("/")[0]).get("alpha_init")
+        alphas[site] = ([0, *steps], [init, *values]) if init is not None else (steps, values)
         rows.append({"site": site, "alpha_init": init, "alpha_final": values[-1], "alpha_min": min(values),
                      "alpha_max": max(values), "last_step": steps[-1]})
-    emb = curves.get("norm/embedding_scale")
+    emb = curves.get(tags.EMBEDDING_SCALE)
     emb_init = embedding_scale(m.embedding_scale, m.norm.type, m.hidden_size)
     if emb and emb_init is not None:
         emb = ([0, *emb[0]], [emb_init, *emb[1]])
@@ -199,12 +179,23 @@ def alpha_history(run_dir: Path, out_dir: Path) -> dict:
             "curves": alphas, "figures": [fig]}
 
 
-def analyze_run(run_dir: Path, out_dir: Path) -> dict:
-    """S-curves for LayerNorm/RMSNorm runs, α curves for DyT-like runs."""
-    import yaml
+def not_analysed(cfg, run_dir: Path, reason: str) -> dict:
+    return {"kind": "none", "run": str(run_dir), "name": cfg.name, "norm": cfg.model.norm.type,
+            "reason": reason, "figures": []}
 
-    norm = yaml.safe_load((run_dir / "config.yaml").read_text())["model"]["norm"]["type"]
+
+def analyze_run(run_dir: Path, out_dir: Path) -> dict:
+    """As the norm's registered `analysis` says: S-curves, α curves, or a note on what was not analysed."""
+    from pipeline.config import load_config
+    from pipeline.norms import get_spec
+
+    cfg = load_config(str(run_dir / "config.yaml"))  # also imports the run's custom_imports
+    spec = get_spec(cfg.model.norm.type)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if norm in ("layernorm", "rmsnorm"):
+    if spec.analysis == "scurve":
         return scurves(run_dir, out_dir)
-    return alpha_history(run_dir, out_dir)
+    if spec.analysis == "alpha":
+        return alpha_history(run_dir, out_dir)
+    return not_analysed(cfg, run_dir, f"norm {spec.name!r} is registered with neither an α (has_alpha: no α "
+                        "curves) nor analysis='scurve' (LayerNorm/RMSNorm-like: no S-curve fit); its loss "
+                        "curves are still in the comparison")

@@ -1,7 +1,5 @@
 """Build the LLaMA GPTModel chunks for this rank from a run config (one chunk per virtual stage)."""
 
-import math
-
 import torch
 import torch.nn.functional as F
 from megatron.core import parallel_state as ps
@@ -12,21 +10,11 @@ from megatron.core.transformer.transformer_layer import TransformerLayer
 
 from pipeline import cpu_compat
 from pipeline.config.schema import RunConfig
-from pipeline.norms import embedding_scale
+from pipeline.norms import embedding_scale, get_spec, has_alpha
 from pipeline.norms.torch_norms import tag_sequence_parallel
 
-from .spec import TE_FUSABLE, block_spec, default_backend
-
-
-def ffn_hidden_size(cfg: RunConfig) -> int:
-    """LLaMA's SwiGLU width: 8/3·h rounded up to a multiple of 64, unless set."""
-    m = cfg.model
-    return m.ffn_hidden_size or 64 * math.ceil(8 * m.hidden_size / 3 / 64)
-
-
-def padded_vocab_size(vocab_size: int, cfg: RunConfig) -> int:
-    multiple = cfg.model.make_vocab_size_divisible_by * cfg.parallel.tp
-    return multiple * math.ceil(vocab_size / multiple)
+from .dims import ffn_hidden_size, padded_vocab_size
+from .spec import block_spec, default_backend
 
 
 def transformer_config(cfg: RunConfig, on_gpu: bool) -> TransformerConfig:
@@ -43,7 +31,7 @@ def transformer_config(cfg: RunConfig, on_gpu: bool) -> TransformerConfig:
         num_query_groups=m.num_query_groups or m.num_attention_heads,
         ffn_hidden_size=ffn_hidden_size(cfg),
         # TE's fused norm+linear reads this; our own norm modules ignore it.
-        normalization=TE_FUSABLE.get(m.norm.type, "RMSNorm"),
+        normalization=get_spec(m.norm.type).te_fused or "RMSNorm",
         layernorm_epsilon=m.norm.eps,
         qk_layernorm=m.norm.qk_norm,
         gated_linear_unit=True,
@@ -85,8 +73,18 @@ def add_embedding_scale(model: GPTModel, init: float, config: TransformerConfig)
     """
     emb = model.embedding
     emb.scale = torch.nn.Parameter(torch.full((1,), init, dtype=config.params_dtype))
+    emb.scale.exact_init = init
     tag_sequence_parallel(emb, config)
     emb.register_forward_hook(lambda module, args, out: out * module.scale)
+
+
+def tag_exact_inits(model: GPTModel) -> None:
+    """Record the intended value of each α₀ on the parameter (`exact_init`). bf16 stores 0.8 as 0.80078 (and
+    √8192 as 90.5); the engines start their fp32 master copies from these values, as the paper's fp32 FSDP
+    shards did, instead of from the rounded bf16 parameter."""
+    for module in model.modules():
+        if has_alpha(module) and hasattr(module, "alpha_init"):
+            module.alpha.exact_init = float(module.alpha_init)
 
 
 def build_model(cfg: RunConfig, vocab_size: int, on_gpu: bool,
@@ -113,6 +111,7 @@ def build_model(cfg: RunConfig, vocab_size: int, on_gpu: bool,
             rotary_base=int(m.rope_theta),
             vp_stage=vp_stage,
         )
+        tag_exact_inits(model)
         if pre and scale is not None:
             add_embedding_scale(model, scale, config)
         if post and m.output_init_std is not None:

@@ -2,12 +2,13 @@
 
 Stock layer: h = residual + attn_out (bias-dropout-add), then y = pre_mlp_layernorm(h): two kernels, h
 written and read back. Here the attention bias-dropout-add is wrapped: when it is a plain residual add
-(no bias, no active dropout) and the pre-MLP norm is a DyT, it runs `add_dyt` once, keeps y, and returns
-h; the pre-MLP norm step then hands back that y for that same h. Any other case runs the stock code, so
-the layer computes the same numbers as `TransformerLayer`.
+(no bias, no active dropout) and the pre-MLP norm's class is registered with a `fused_add_op` (DyT:
+`add_dyt`), it runs that op once, keeps y, and returns h; the pre-MLP norm step then hands back that y for
+that same h. Any other case runs the stock code, so the layer computes the same numbers as
+`TransformerLayer`.
 
-Fusion applies when the pre-MLP norm is a `pipeline.norms.DyT`, whose forward is
-`dyt(h, alpha, weight, bias, kernel=kernel)`.
+The op is called as `op(x, residual, norm.alpha, norm.weight, norm.bias, kernel=norm.kernel)` and returns
+(norm(x + residual), x + residual).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import torch
 from megatron.core.transformer.identity_op import IdentityOp
 from megatron.core.transformer.transformer_layer import TransformerLayer
 
-from pipeline.kernels import add_dyt
-from pipeline.norms import DyT
+from pipeline import kernels
+from pipeline.norms import spec_for_class
 
 
 class FusedResidualDyTLayer(TransformerLayer):
@@ -28,6 +29,8 @@ class FusedResidualDyTLayer(TransformerLayer):
         self._fused: tuple[torch.Tensor, torch.Tensor] | None = None  # (h, DyT(h)) from the fused add
         self._stock_bda = self.self_attn_bda  # megatron's get_bias_dropout_add(training, fused)
         self.self_attn_bda = self._attn_bda
+        spec = spec_for_class(type(self.pre_mlp_layernorm))
+        self._fused_add_op = spec.fused_add_op if spec else None
 
     def _can_fuse(self) -> bool:
         # Cross-attention would change h between the add and the norm; recompute/offload wrap the norm.
@@ -35,7 +38,7 @@ class FusedResidualDyTLayer(TransformerLayer):
             isinstance(self.cross_attention, IdentityOp)
             and not self.recompute_pre_mlp_layernorm
             and not self.offload_mlp_norm
-            and isinstance(self.pre_mlp_layernorm, DyT)
+            and self._fused_add_op is not None
         )
 
     def _attn_bda(self, training: bool, fused: bool) -> Callable:
@@ -50,8 +53,8 @@ class FusedResidualDyTLayer(TransformerLayer):
                 or not self._can_fuse()
             ):
                 return stock(x_with_bias, residual, prob)
-            norm = self.pre_mlp_layernorm
-            y, h = add_dyt(x, residual, norm.alpha, norm.weight, norm.bias, kernel=norm.kernel)
+            norm, op = self.pre_mlp_layernorm, getattr(kernels, self._fused_add_op)
+            y, h = op(x, residual, norm.alpha, norm.weight, norm.bias, kernel=norm.kernel)
             self._fused = (h, y)
             return h
 

@@ -1,9 +1,9 @@
 """LLaMA layer and block specs: every norm site comes from the norm registry through a ModuleSpec.
 
 Sites: input (pre-attention), pre-MLP, final (block level), and optionally per-head Q/K norms.
-On a Transformer Engine backend LayerNorm/RMSNorm stay fused into the following linear
-(`TELayerNormColumnParallelLinear`, the fast path); any other norm (DyT, Derf, user norms) gets its own
-module followed by a plain column-parallel linear, so a site never has two norms or none.
+On a Transformer Engine backend a norm registered with `te_fused` (LayerNorm, RMSNorm) stays fused into
+the following linear (`TELayerNormColumnParallelLinear`, the fast path); any other norm (DyT, Derf, user
+norms) gets its own module followed by a plain column-parallel linear, so a site never has two norms or none.
 """
 
 import functools
@@ -20,10 +20,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.transformer.transformer_layer import TransformerLayer, TransformerLayerSubmodules
 
 from pipeline.config.schema import NormConfig
-from pipeline.norms import get_norm, site_params
-
-# Norms TE can fuse into the next linear, and the TransformerConfig.normalization value TE reads.
-TE_FUSABLE = {"rmsnorm": "RMSNorm", "layernorm": "LayerNorm"}
+from pipeline.norms import get_spec
 
 
 def default_backend() -> BackendSpecProvider:
@@ -39,11 +36,17 @@ def default_backend() -> BackendSpecProvider:
 
 
 def fuses_norm(norm: NormConfig, backend: BackendSpecProvider) -> bool:
-    return backend.fuse_layernorm_and_linear() and norm.type in TE_FUSABLE
+    return backend.fuse_layernorm_and_linear() and get_spec(norm.type).te_fused is not None
+
+
+def te_norm(norm: NormConfig, backend: BackendSpecProvider, for_qk: bool) -> ModuleSpec | type:
+    """The backend's own norm module for a TE-fusable norm (the sites the fused linear does not cover)."""
+    return backend.layer_norm(rms_norm=get_spec(norm.type).te_fused == "RMSNorm", for_qk=for_qk)
 
 
 def norm_spec(norm: NormConfig, width: int, site: str) -> ModuleSpec:
-    return ModuleSpec(module=get_norm(norm.type), params=site_params(norm, width, site))
+    spec = get_spec(norm.type)
+    return ModuleSpec(module=spec.cls, params=spec.params(norm, width, site))
 
 
 def layer_spec(norm: NormConfig, width: int, backend: BackendSpecProvider,
@@ -53,7 +56,7 @@ def layer_spec(norm: NormConfig, width: int, backend: BackendSpecProvider,
     if fused:
         input_norm = pre_mlp_norm = IdentityOp
         qkv = fc1 = backend.column_parallel_layer_norm_linear()
-        qk_norm = backend.layer_norm(rms_norm=norm.type == "rmsnorm", for_qk=True)
+        qk_norm = te_norm(norm, backend, for_qk=True)
     else:
         input_norm, pre_mlp_norm = norm_spec(norm, width, "attention"), norm_spec(norm, width, "mlp")
         qkv = fc1 = backend.column_parallel_linear()
@@ -88,7 +91,6 @@ def block_spec(norm: NormConfig, config: TransformerConfig, backend: BackendSpec
     """The layers this pipeline stage builds plus the final norm (only used on the last stage)."""
     width = config.hidden_size
     n = get_num_layers_to_build(config, vp_stage=vp_stage)
-    final = (backend.layer_norm(rms_norm=norm.type == "rmsnorm", for_qk=False) if fuses_norm(norm, backend)
-             else norm_spec(norm, width, "final"))
+    final = te_norm(norm, backend, for_qk=False) if fuses_norm(norm, backend) else norm_spec(norm, width, "final")
     return TransformerBlockSubmodules(layer_specs=[layer_spec(norm, width, backend, layer_module)] * n,
                                       layer_norm=final)

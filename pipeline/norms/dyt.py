@@ -1,7 +1,7 @@
 """DyT (arXiv 2503.10622) and Derf (arXiv 2512.10938) as megatron norm modules.
 
 The math lives in `pipeline.kernels` (one dispatch function each, eager / compile / Triton); these
-modules only own the parameters.
+modules only own the parameters. Their traits (recipe, kernel op, ...) are registered in builtin.py.
 """
 
 import torch
@@ -9,11 +9,9 @@ from torch import nn
 
 from pipeline import kernels
 
-from .registry import register_norm
 from .torch_norms import tag_sequence_parallel
 
 
-@register_norm("dyt")
 class DyT(nn.Module):
     """y = γ·tanh(α·x) [+ β]; α a learnable scalar, γ (and β) per channel."""
 
@@ -35,7 +33,6 @@ class DyT(nn.Module):
         return f"{self.weight.numel()}, alpha_init={self.alpha_init}, bias={self.bias is not None}"
 
 
-@register_norm("derf")
 class Derf(nn.Module):
     """y = γ·erf(α·x + s) [+ β]; α and s learnable scalars (init 0.5 / 0.0 per the Derf paper)."""
 

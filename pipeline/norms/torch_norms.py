@@ -3,10 +3,7 @@
 megatron's `WrappedTorchNorm` refuses sequence parallelism and ignores `params_dtype`; these do neither.
 """
 
-import torch
 from torch import nn
-
-from .registry import register_norm
 
 
 def tag_sequence_parallel(module: nn.Module, config) -> None:
@@ -16,20 +13,14 @@ def tag_sequence_parallel(module: nn.Module, config) -> None:
         p.sequence_parallel = bool(config.sequence_parallel)
 
 
-@register_norm("rmsnorm")
 class RMSNorm(nn.RMSNorm):
     def __init__(self, *, config, hidden_size: int, eps: float = 1e-5) -> None:
         super().__init__(hidden_size, eps=eps, dtype=config.params_dtype)
         tag_sequence_parallel(self, config)
 
 
-@register_norm("layernorm")
 class LayerNorm(nn.LayerNorm):
     def __init__(self, *, config, hidden_size: int, eps: float = 1e-5, bias: bool = True) -> None:
         super().__init__(hidden_size, eps=eps, bias=bias, dtype=config.params_dtype)
         tag_sequence_parallel(self, config)
 
-
-def is_dyt_like(module: nn.Module) -> bool:
-    """Norm-free replacements expose a learnable scalar `alpha`."""
-    return isinstance(getattr(module, "alpha", None), torch.Tensor)

@@ -14,6 +14,7 @@ from data_prep.build import _finished
 from data_prep.config import TokenizerConfig
 from data_prep.plan import make_plan
 from tests.data_prep.helpers import make_texts, prep_config, subprocess_env, tree_bytes, write_jsonl
+from tests.faults import fault_env
 
 
 def _run_config(tmp_path, out: str, corpus) -> str:
@@ -41,7 +42,7 @@ def test_resume_after_sigkill_equals_uninterrupted(tmp_path, monkeypatch, capsys
     killed = _run_config(tmp_path, "killed", corpus)
     # The 4th partition starts only after one of the first three finished (2 workers), so when it is
     # killed at its 5th document, at least two partitions are complete and one is half written.
-    r = _cli(killed, tmp_path, DATA_PREP_KILL_AT="src-00003:5")
+    r = _cli(killed, tmp_path, **fault_env(kill_data_prep_at="src-00003:5"))
     assert r.returncode == -signal.SIGKILL, r.stderr
     out = tmp_path / "killed"
     assert not (out / "manifest.json").exists()

@@ -37,14 +37,19 @@ def test_report_files_tables_and_plots(compared, monkeypatch):
     tmp, _, out, _ = compared
     md = (out / "report.md").read_text()
     for heading in ("## Verdict", "## Setup", "## Loss per variant (mean ± sample std over seeds)",
+                    "## What differs between the arms",
                     "## Difference to the baseline `tiny_rmsnorm` (paired by seed)", "## Loss curves",
-                    "## Per run",
+                    "## Per run", "## Residual stream and DyT saturation",
                     "### tiny_rmsnorm", "### tiny_dyt"):
         assert heading in md, heading
     assert "| variant | final train loss | best train loss | final val loss | best val loss |" in md
     assert "| tiny_dyt | final val loss |" in md  # a difference row
     assert "**Not shown:**" in md and "on CPU" in md and "tokens per run" in md
-    for png in ("loss_curves.png", "loss_diff.png", "norms/t-tiny_rmsnorm-s1/scurve.png",
+    # tiny_rmsnorm keeps megatron's decay policy (auto): the report names that confound, in the verdict too
+    assert "| tiny_dyt | `model.norm.type` `\"rmsnorm\"` → `\"dyt\"` | none |" in md
+    assert "**Confound:** weight decay applies to every parameter in `tiny_dyt` but to 2-D weights only" in md
+    assert "| tiny_dyt | tiny_dyt | dyt | 1.000 / 1.000 / 1.000 | 11.31 | every parameter (`auto`) |" in md
+    for png in ("loss_curves.png", "loss_diff.png", "diagnostics.png", "norms/t-tiny_rmsnorm-s1/scurve.png",
                 "norms/t-tiny_dyt-s1/alpha.png"):
         assert f"]({png})" in md, png
         height, width, _ = matplotlib.image.imread(out / png).shape
@@ -66,6 +71,17 @@ def test_numbers_match_the_runs(compared):
         s = res["summary"][label]["final_val"]
         values = [runs[label, seed]["metrics"]["final_val"] for seed in (1, 2)]
         assert s["n"] == 2 and s["values"] == values and s["mean"] == pytest.approx(sum(values) / 2)
+    # The diagnostics table: each seed's last sample (step 12) from TensorBoard, averaged over seeds.
+    for label in ("tiny_rmsnorm", "tiny_dyt"):
+        tb = [read_scalars(REPO / runs[label, s]["run_dir"] / "tensorboard") for s in (1, 2)]
+        entry = res["diagnostics"]["variants"][label]
+        assert entry["step"] == 12 and tb[0]["residual_rms/final"][0] == [3, 6, 9, 12]
+        assert entry["final_input_rms"] == pytest.approx(sum(t["residual_rms/final"][1][-1] for t in tb) / 2)
+        assert sorted(entry["block_input_rms"]) == ["attention/layer_01", "attention/layer_02"]
+        assert ("saturation" in entry) == (label == "tiny_dyt")
+    sat = res["diagnostics"]["variants"]["tiny_dyt"]["saturation"]["attention"]  # tb: tiny_dyt's, from the loop
+    assert sat == pytest.approx(sum(t[f"dyt_saturation_gt_2.5/attention/layer_0{i}"][1][-1] for t in tb
+                                    for i in (1, 2)) / 4)
     d = res["differences"]["tiny_dyt"]["final_val"]
     diffs = [runs["tiny_dyt", s]["metrics"]["final_val"] - runs["tiny_rmsnorm", s]["metrics"]["final_val"]
              for s in (1, 2)]

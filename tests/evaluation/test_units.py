@@ -91,12 +91,14 @@ def test_read_scalars_keeps_the_latest_value_per_step(tmp_path):
     for step in range(7, 13):
         second.add_scalar("train/loss", 100.0 + step, step)
     second.add_scalar("val/loss", 3.5, 12)
+    second.add_text("config/resolved", "name: x", 0)  # not scalars: skipped
+    second.add_histogram("norm_alpha_by_layer/attention", np.array([0.5, 0.6]), 12)
     second.close()
     curves = read_scalars(tmp_path)
     steps, values = curves["train/loss"]
     assert steps == list(range(1, 13))
     assert values[:6] == [9.0, 8.0, 7.0, 6.0, 5.0, 4.0] and values[6:] == [107.0 + i for i in range(6)]
-    assert curves["val/loss"] == ([12], [3.5])
+    assert curves["val/loss"] == ([12], [3.5]) and sorted(curves) == ["train/loss", "val/loss"]
     assert list(read_scalars(tmp_path, tags=["val/loss"])) == ["val/loss"]
     with pytest.raises(FileNotFoundError):
         read_scalars(tmp_path / "nothing")
@@ -154,3 +156,22 @@ def test_unigram_reference_known_answers(tmp_path):
     q = (p * 40 + 0.5) / (40 + 0.5 * 4)  # add-½ smoothing over the 4-token vocabulary, 40 training tokens
     assert ref["valid_cross_entropy"] == pytest.approx(-(2 * np.log(q[0]) + np.log(q[1]) + np.log(q[2])) / 4)
     assert unigram_reference(Manifest(tmp_path / "m.json", {**raw, "splits": {"train": train}})) is None
+
+
+def test_paper_7b_arms_differ_only_in_the_norm_recipe():
+    """The paper-reproduction comparison: same data, batch, schedule, optimizer and decay policy in both arms."""
+    from pipeline.config import to_dict
+    from pipeline.evaluation.compare import arms
+
+    cc = load_compare_config("compare/paper_7b")
+    plans = plan(cc)
+    a = arms(cc, {p.label: to_dict(p.cfg) for p in plans if p.seed == cc.seeds[0]})
+    assert {d["key"] for d in a["llama2_7b_dyt"]["recipe_differences"]} == {"model.norm.type"}
+    assert a["llama2_7b_dyt"]["other_differences"] == []
+    assert {x["recipe"]["weight_decay_on"] for x in a.values()} == {"every parameter"}
+    assert a["llama2_7b_dyt"]["recipe"]["alpha_init"] == {"attention": 0.8, "mlp": 0.2, "final": 0.2}
+    assert a["llama2_7b_dyt"]["recipe"]["embedding_scale_init"] == 64.0
+    cfg = plans[0].cfg  # the official command's batch, length and schedule
+    assert (cfg.train.global_batch_size, cfg.model.seq_length, cfg.optimizer.lr) == (1024, 4096, 3e-4)
+    assert cfg.schedule.decay == "fms_fsdp" and cfg.schedule.warmup_steps == min(2000, cfg.train.steps // 20)
+    assert cfg.train.steps * 1024 * 4096 == pytest.approx(200e9, rel=1e-4) and cc.seeds == [1, 2]

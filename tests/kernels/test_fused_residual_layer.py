@@ -49,7 +49,7 @@ def build_pair(dtype, kernel, *, norm="dyt", hidden_dropout=0.0):
     from megatron.core.transformer.transformer_layer import TransformerLayer
 
     from pipeline.model.fused_residual_layer import FusedResidualDyTLayer
-    from pipeline.norms import Derf, DyT
+    from pipeline.norms.dyt import Derf, DyT
 
     cfg = TransformerConfig(
         num_layers=1, hidden_size=H, num_attention_heads=4, ffn_hidden_size=96, gated_linear_unit=True,
@@ -83,16 +83,16 @@ def fwd_bwd(layer, x, dout):
 
 @pytest.fixture
 def add_dyt_calls(monkeypatch):
-    from pipeline.model import fused_residual_layer
+    from pipeline import kernels
 
     calls = []
-    real = fused_residual_layer.add_dyt
+    real = kernels.add_dyt
 
     def counting(*args, **kwargs):
         calls.append(kwargs.get("kernel"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(fused_residual_layer, "add_dyt", counting)
+    monkeypatch.setattr(kernels, "add_dyt", counting)
     return calls
 
 

@@ -48,6 +48,11 @@ def test_overrides_are_typed_and_nested():
     ("schedule.warmup_steps=1000", "schedule.warmup_steps"),
     ("model.norm.fuse_residual_add=true model.norm.type=rmsnorm", "model.norm.fuse_residual_add"),
     ("optimizer", "override 'optimizer'"),
+    ("logging.diagnostics.warn_sites=[final,qk]", "logging.diagnostics.warn_sites"),
+    ("logging.diagnostics.thresholds=[]", "logging.diagnostics.thresholds"),
+    ("logging.diagnostics.warn_fraction=1.5", "logging.diagnostics.warn_fraction"),
+    ("logging.wandb.mode=cloud", "logging.wandb.mode"),
+    ("model.norm.weight_decay=some", "model.norm.weight_decay"),
 ])
 def test_bad_config_names_the_key(override, key):
     with pytest.raises(ConfigError) as e:
@@ -64,7 +69,7 @@ def test_defaults_cycle_is_reported(tmp_path):
     (tmp_path / "a.yaml").write_text("defaults: [b]\n")
     (tmp_path / "b.yaml").write_text("defaults: [a]\n")
     with pytest.raises(ConfigError, match="circular"):
-        compose(tmp_path / "a.yaml", tmp_path)
+        compose(tmp_path / "a.yaml")  # defaults are looked up next to their file first
 
 
 def test_resolved_config_round_trips(tmp_path):
@@ -82,3 +87,26 @@ def test_launcher_rejects_bad_override_without_importing_torch():
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2, proc.stderr
     assert "parallel.tp: tp=3 does not divide model.num_attention_heads=4" in proc.stderr
+
+
+def test_weight_decay_paper_policy_decays_every_parameter_for_any_norm():
+    from megatron.core.optimizer import OptimizerConfig
+
+    from pipeline.engine.optim import weight_decay_overrides
+
+    def overrides(name, policy):
+        return weight_decay_overrides(load_config(name, [f"model.norm.weight_decay={policy}"]), OptimizerConfig())
+
+    assert overrides("tiny_rmsnorm", "paper") == {} == overrides("tiny_dyt", "paper")  # {}: no exemption
+    assert overrides("tiny_rmsnorm", "auto") != {} and overrides("tiny_dyt", "auto") == {}
+
+
+def test_wandb_is_optional_and_refused_clearly_when_missing():
+    """Off unless configured; asked for without the package, every rank stops with the pip command."""
+    code = ("import sys; sys.modules['wandb'] = None; from pipeline.config import load_config; "
+            "from pipeline.monitor.sinks import check_wandb; "
+            "assert check_wandb(load_config('tiny_dyt').logging.wandb) is False; "
+            "assert check_wandb(load_config('tiny_dyt', ['logging.wandb={mode: disabled}']).logging.wandb) is False; "
+            "check_wandb(load_config('tiny_dyt', ['logging.wandb={}']).logging.wandb)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "logging.wandb is set but the `wandb` package is not installed" in proc.stderr

@@ -10,7 +10,9 @@ from megatron.core.transformer.identity_op import IdentityOp
 from pipeline.config import load_config
 from pipeline.config.schema import NormConfig
 from pipeline.model import layer_spec
-from pipeline.norms import Derf, DyT, RMSNorm, paper_alpha_init
+from pipeline.norms import paper_alpha_init
+from pipeline.norms.dyt import Derf, DyT
+from pipeline.norms.torch_norms import RMSNorm
 from tests.helpers import run_python
 
 

@@ -9,9 +9,6 @@ from torch import nn
 
 from pipeline.config.schema import AlphaInit, NormConfig
 from pipeline.norms import (
-    Derf,
-    DyT,
-    RMSNorm,
     decay_norm_params,
     embedding_scale,
     get_norm,
@@ -19,6 +16,8 @@ from pipeline.norms import (
     register_norm,
     site_params,
 )
+from pipeline.norms.dyt import Derf, DyT
+from pipeline.norms.torch_norms import RMSNorm
 
 
 def cfg(dtype=torch.float32, sp=False):

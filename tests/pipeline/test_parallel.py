@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from tests.helpers import launch, scalars
+from tests.helpers import crash_and_resume, launch, scalars
 
 pytestmark = pytest.mark.slow
 
@@ -76,13 +76,7 @@ def test_layout_matches_single_process(runs, norm, layout):
 @pytest.mark.parametrize("layout", ["dp2_distopt", "tp2_pp2_sp"])
 def test_crash_and_resume_equals_uninterrupted(runs, layout):
     want, _ = runs.losses(f"{layout}_dyt", "dyt", LAYOUTS[layout])
-    name = f"crash_{layout}"
-    crashed = runs.run(name, "dyt", LAYOUTS[layout], env={"DYT_FAIL_AT_STEP": "5"}, check=False)
-    assert crashed.returncode != 0
-    assert (runs.root / name / "checkpoints" / "latest").read_text().strip() == "step_0000003"
-    resumed = runs.run(name, "dyt", LAYOUTS[layout])
-    assert "resumed from" in resumed.stdout and "step_0000003" in resumed.stdout
-    got = scalars(runs.root / name, "train/loss")
+    got = crash_and_resume(runs, f"crash_{layout}", "dyt", LAYOUTS[layout], crash_after=5, saved=3)
     assert [got[s] for s in range(4, STEPS + 1)] == [want[s] for s in range(4, STEPS + 1)]  # bit for bit
 
 
