@@ -8,6 +8,7 @@ LAUNCHER ?=
 NODES ?=
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+MEGATRON_LM ?=
 RUN ?=
 STEP ?=
 OUT ?=
@@ -23,7 +24,9 @@ export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 GPU_PY ?= $(if $(wildcard $(VENV)/bin/python),$(PY),python3)
 
 LAUNCH_FLAGS := $(if $(LAUNCHER),--launcher $(LAUNCHER)) $(if $(NODES),--nodes $(NODES))
-OVERRIDE_FLAGS := $(foreach o,$(OVERRIDES),--override $(o))
+# `make data LAUNCHER=slurm` prepares on SLURM; as a step of `make pretrain` the data is prepared here
+# (up to date at once when `make data LAUNCHER=slurm NODES=N` built it before).
+DATA_FLAGS := $(if $(filter data,$(MAKECMDGOALS)),$(LAUNCH_FLAGS))
 
 .PHONY: help setup setup-gpu pretrain data test test-fast lint tensorboard clean-runs bench-kernels gpu-check gpu-bench gpu-wheels \
 	bench-data compare bench-model scurve export verify-checkpoint bench-checkpoint
@@ -41,8 +44,8 @@ setup-gpu: setup  ## add the optional GPU extras (Liger-Kernel, Transformer Engi
 pretrain: setup data  ## prepare data and train CONFIG (default tiny_dyt) with OVERRIDES
 	$(BIN)/dyt-pretrain $(CONFIG) $(OVERRIDES) $(LAUNCH_FLAGS)
 
-data: setup  ## build CONFIG's data (tokenizer + .bin/.idx shards + manifest); no-op when up to date
-	$(BIN)/dyt-data --config $(CONFIG) $(OVERRIDE_FLAGS)
+data: setup  ## build CONFIG's data (tokenizer + .bin/.idx shards + manifest); LAUNCHER=slurm NODES=N: N shards
+	$(BIN)/dyt-data $(CONFIG) $(OVERRIDES) $(DATA_FLAGS)
 
 test: setup  ## the full test suite (what CI runs)
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -79,8 +82,8 @@ gpu-bench:  ## end-to-end DyT vs RMSNorm step time + MFU at 8B/70B layer shapes 
 gpu-wheels: setup  ## download the wheels the offline GPU machine lacks into .gpu-wheels/ (to carry there)
 	PYTHON=$(PY) bash scripts/gpu_wheels.sh
 
-bench-data: setup  ## data prep throughput: data_prep workers vs a single-process baseline (generated corpus)
-	$(PY) benchmarks/bench_data.py $(BENCH_ARGS)
+bench-data: setup  ## data prep throughput (MEGATRON_LM=<checkout>: side by side with its preprocess_data.py)
+	$(PY) benchmarks/bench_data.py $(if $(MEGATRON_LM),--megatron-lm $(MEGATRON_LM)) $(BENCH_ARGS)
 
 verify-checkpoint: setup  ## check every checkpoint of RUN=<run dir> (files, sizes, CRC-32) without loading a model
 	$(PY) -m pipeline.checkpoint verify $(RUN)

@@ -1,8 +1,18 @@
-"""Data prep throughput: `data_prep` with 1..N workers against a straightforward single-process baseline
-(read a line → json.loads → sp.encode → IndexedDatasetBuilder) on a generated corpus, in the same run.
+"""Data prep throughput. Three modes:
 
-    python benchmarks/bench_data.py                       # 32 MiB corpus, workers 1..cpu count
+    python benchmarks/bench_data.py                       # scaling: 32 MiB generated corpus, workers 1..cpus
     python benchmarks/bench_data.py --mb 512 --workers 1,8,32 --vocab 32000 --tag bignode
+    python benchmarks/bench_data.py --megatron-lm ~/Megatron-LM --workers 1,2   # side by side (make bench-data
+                                                          # MEGATRON_LM=...): real text, 32k BPE, 80 MiB
+    python benchmarks/bench_data.py --profile             # where the time goes, one core (same corpus)
+
+Side by side and profile run on a real-text corpus (--corpus FILE.jsonl, or --real-mb MiB of this
+Python installation's text files, see data_corpus.py) with a SentencePiece model (--tokenizer-model,
+or one trained with data_prep's recipe: --vocab, default 32000 there); see data_vs_megatron.py and
+data_profile.py. Results: benchmarks/results/data/{vs_megatron,profile}[-TAG].{json,md}.
+
+Scaling mode: `data_prep` with 1..N workers against a straightforward single-process baseline
+(read a line → json.loads → sp.encode → IndexedDatasetBuilder) on a generated corpus, in the same run.
 
 Every row but the first is a whole job: read, encode, write .bin/.idx (data_prep also plans the
 partitions, forks the workers, checksums the shards and writes the manifest). "tokenizer only" is
@@ -146,17 +156,114 @@ def table(rows: list[dict], base: float) -> str:
     return "\n".join(lines)
 
 
+def _write_results(stem: str, result: dict, md: str) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (RESULTS / f"{stem}.md").write_text(md)
+    print(f"wrote {RESULTS / stem}.json and .md")
+
+
+def real_text_main(args: argparse.Namespace) -> None:
+    """Side by side with Megatron-LM (--megatron-lm) and/or the profile (--profile) on real text."""
+    import data_profile
+    import data_vs_megatron
+    from data_corpus import describe, python_corpus, train_tokenizer
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_data_"))
+    work.mkdir(parents=True, exist_ok=True)
+    command = shlex.join(["python", "benchmarks/bench_data.py", *sys.argv[1:]])
+    try:
+        if args.corpus:
+            corpus, info = Path(args.corpus), describe(Path(args.corpus))
+        else:
+            corpus = work / "corpus.jsonl"
+            info = python_corpus(corpus, args.real_mb)
+        if args.tokenizer_model:
+            model = Path(args.tokenizer_model)
+        else:
+            with Clock() as clock:
+                model = train_tokenizer(corpus, work / "tokenizer.model", args.vocab or 32000, args.type)
+            print(f"tokenizer: {args.type} {args.vocab or 32000} trained in {clock.wall:.1f} s")
+        vocab = args.vocab or 32000
+        head = {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), "command": command,
+                "note": args.note, "corpus": info, "tokenizer": {"model": str(model), "sha256": sha256(model)},
+                "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                            "python": platform.python_version(), "load_average_start": os.getloadavg()}}
+        about = (f"`{command}` ({head['date']}; {os.cpu_count()} CPUs, Python {platform.python_version()}). "
+                 f"Corpus: {info['source']}, {info['documents']:,} documents, {info['bytes'] / 2**20:.1f} MiB, "
+                 f"sha256 {info['sha256'][:12]}. Tokenizer: SentencePiece {args.type} "
+                 f"{'(given)' if args.tokenizer_model else f'{vocab}, data_prep recipe'}.")
+        print(f"corpus: {info['documents']:,} documents, {info['bytes'] / 2**20:.1f} MiB; load average "
+              f"{head['machine']['load_average_start'][0]:.2f}")
+        if args.profile:
+            rows = data_profile.profile(corpus, model, work)
+            md = data_profile.table(rows)
+            print(md)
+            _write_results("profile" + (f"-{args.tag}" if args.tag else ""), head | {"rows": rows},
+                           f"# Data prep: where the time goes (one core)\n\n{about}\n\n{md}\n"
+                           f"{_load_footer(head, args.note)}")
+        if args.megatron_lm:
+            workers = [int(w) for w in (args.workers or "1,2").split(",")]
+            result = data_vs_megatron.side_by_side(Path(args.megatron_lm), corpus, model, work, workers,
+                                                   args.repeat)
+            rows = data_vs_megatron.summarize(result, workers)
+            md = data_vs_megatron.table(rows, result["identical"])
+            print(md)
+            checkout = _git_head(Path(args.megatron_lm))
+            _write_results("vs_megatron" + (f"-{args.tag}" if args.tag else ""),
+                           head | {"megatron_lm": checkout, "rows": rows} | result,
+                           f"# data_prep vs Megatron-LM preprocess_data.py\n\n{about} Megatron-LM at {checkout}. "
+                           f"Medians of {args.repeat} interleaved rounds; {result['documents']:,} documents, "
+                           f"{result['tokens']:,} tokens.\n\n{md}\n{_load_footer(head, args.note)}")
+    finally:
+        if not args.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _git_head(checkout: Path) -> str:
+    import subprocess
+
+    r = subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True)
+    return r.stdout.strip() or "(not a git checkout)"
+
+
+def _load_footer(head: dict, note: str) -> str:
+    start, end = head["machine"]["load_average_start"][0], os.getloadavg()[0]
+    return (f"\nLoad average (1 min) at the start and end: {start:.2f}, {end:.2f} on {os.cpu_count()} CPUs."
+            + (f"\n\n{note}" if note else "") + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--mb", type=float, default=32, help="generated corpus size in MiB (default 32)")
-    ap.add_argument("--workers", default=None, help="comma-separated worker counts (default 1..cpu count)")
-    ap.add_argument("--vocab", type=int, default=4096, help="SentencePiece vocabulary (default 4096)")
+    ap.add_argument("--megatron-lm", metavar="CHECKOUT", help="side by side with this Megatron-LM checkout's "
+                    "tools/preprocess_data.py")
+    ap.add_argument("--profile", action="store_true", help="where the time goes, one core")
+    ap.add_argument("--corpus", metavar="FILE", help="side by side / profile: a JSON-lines corpus with 'text'")
+    ap.add_argument("--real-mb", type=float, default=80, help="... else this many MiB of this Python "
+                    "installation's text files (default 80)")
+    ap.add_argument("--tokenizer-model", metavar="FILE", help="side by side / profile: this SentencePiece model")
+    ap.add_argument("--mb", type=float, default=32, help="scaling: generated corpus size in MiB (default 32)")
+    ap.add_argument("--workers", default=None, help="comma-separated worker counts (default: scaling 1..cpu "
+                    "count, side by side 1,2)")
+    ap.add_argument("--vocab", type=int, help="SentencePiece vocabulary to train (default: scaling 4096, real "
+                    "text 32000)")
     ap.add_argument("--type", default="bpe", choices=("bpe", "unigram"))
-    ap.add_argument("--repeat", type=int, default=3, help="runs of each row, the fastest kept (default 3)")
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each row (scaling: the fastest kept; side by "
+                    "side: interleaved rounds, medians; default 3)")
     ap.add_argument("--tag", default="", help="suffix of the result files")
     ap.add_argument("--note", default="", help="a remark stored with the results (e.g. a shared machine)")
     ap.add_argument("--workdir", help="where the corpus and outputs go (default: a temp dir, then removed)")
     args = ap.parse_args()
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmark's own modules
+    if args.megatron_lm or args.profile:
+        return real_text_main(args)
+    args.vocab = args.vocab or 4096
     workers = [int(w) for w in args.workers.split(",")] if args.workers else range(1, os.cpu_count() + 1)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     indexed_dataset()  # import megatron once, outside every timing

@@ -3,12 +3,19 @@
     from data_prep import prepare
     manifest_path = prepare(cfg)  # cfg: data_prep.config.PrepareConfig
 
-or `python -m data_prep --help`. Importing this package is cheap: megatron, SentencePiece, pyarrow
-and datasets are imported when they are needed.
+or `python -m data_prep --help`. Importing this package (or `data_prep.config`, which `pipeline.config`
+uses) loads nothing else: the names below are imported on first use, and megatron, SentencePiece,
+pyarrow and datasets only when they are needed.
 """
 
-from .build import prepare
-from .errors import BadInputError, DataPrepError
-from .manifest import FORMAT, TOOL_VERSION
+import importlib
 
-__all__ = ["FORMAT", "TOOL_VERSION", "BadInputError", "DataPrepError", "prepare"]
+_LAZY = {"prepare": "build", "BadInputError": "errors", "DataPrepError": "errors", "FORMAT": "manifest",
+         "TOOL_VERSION": "manifest"}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,25 +1,29 @@
-"""python -m data_prep: build a manifest from a run config's `data.prepare` section, or from flags."""
+"""python -m data_prep: build a manifest from flags (a run config's `data.prepare` section is built by
+`make data CONFIG=...`, i.e. `python -m launch.data`, which resolves the run config)."""
 
 import argparse
 import sys
-from pathlib import Path
 
-from .build import prepare
-from .config import HFSource, PrepareConfig, SourceConfig
-from .errors import DataPrepError
+from .cli import add_stage_flags, run
+from .config import HFSource, MegatronSource, PrepareConfig, SourceConfig
 
 EXAMPLES = """
 examples:
-  python -m data_prep --config tiny_dyt                      # the run config's data.prepare section
-  python -m data_prep --config tiny_dyt -o data.prepare.workers=8
   python -m data_prep --input 'corpus/*.jsonl.zst' --output-dir data/prepared/web \\
       --vocab-size 32000 --workers 16
   python -m data_prep --hf-dataset allenai/c4 --hf-name en --hf-split validation \\
       --output-dir data/prepared/c4
   python -m data_prep --input 'books/*.txt' --txt-document file \\
       --tokenizer-model data/prepared/web/tokenizer.model --output-dir data/prepared/books
+  python -m data_prep --megatron-prefix 'old/web_*_text_document' \\
+      --tokenizer-model old/tokenizer.model --output-dir data/prepared/old   # existing shards, not copied
+  # on N machines sharing a file system (same flags everywhere):
+  python -m data_prep ... --stage tokenizer                  # once
+  python -m data_prep ... --shard-of K/N                     # on machine K = 0 .. N-1
+  python -m data_prep ... --stage finish                     # once, after all shards
 
-Flags override the run config; --input/--hf-dataset replace its sources with one source.
+A run config's data: `make data CONFIG=tiny_dyt` (`python -m launch.data tiny_dyt data.prepare.workers=8`;
+LAUNCHER=slurm NODES=N runs the shards as a SLURM job array).
 Finished partitions are kept: an interrupted run continues where it stopped. A run whose manifest
 is complete and matches the config and inputs prints "up to date" and does nothing.
 """
@@ -31,7 +35,7 @@ _FLAGS = {
     "partition_bytes": "partition_bytes", "merge": "merge", "tokenizer_model": "tokenizer.model",
     "tokenizer_type": "tokenizer.type", "vocab_size": "tokenizer.vocab_size",
     "byte_fallback": "tokenizer.byte_fallback", "character_coverage": "tokenizer.character_coverage",
-    "sample_docs": "tokenizer.sample_docs", "sample_chars": "tokenizer.sample_chars",
+    "sample_docs": "tokenizer.sample_docs", "sample_chars": "tokenizer.sample_chars", "fast_encode": "fast_encode",
 }
 
 
@@ -40,11 +44,7 @@ def _parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 description="Corpora -> SentencePiece tokenizer -> megatron .bin/.idx shards"
                                             " + manifest.json (parallel, resumable).")
-    g = p.add_argument_group("run config")
-    g.add_argument("--config", help="run config name (configs/<name>.yaml) or path; uses its data.prepare")
-    g.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
-                   help="run-config override, e.g. data.prepare.workers=8 (repeatable)")
-    g = p.add_argument_group("one-off source (replaces the run config's sources)")
+    g = p.add_argument_group("source (one)")
     g.add_argument("-i", "--input", action="append", metavar="PATH",
                    help="file or glob: .jsonl/.ndjson/.txt (optionally .gz/.zst) or .parquet (repeatable)")
     g.add_argument("--hf-dataset", metavar="NAME_OR_DIR", help="HF hub name, builder or saved dataset dir")
@@ -53,9 +53,12 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--hf-data-files", action="append", default=[], metavar="PATH",
                    help="HF data_files (repeatable)")
     g.add_argument("--no-streaming", action="store_true", help="download the HF dataset, do not stream it")
+    g.add_argument("--megatron-prefix", action="append", metavar="PREFIX",
+                   help="existing megatron shards (path without .bin/.idx, globs allowed; repeatable): listed "
+                        "in the manifest where they are; needs --tokenizer-model")
     g.add_argument("--name", default="data", help="source name, used in shard names (default: data)")
     g.add_argument("--weight", type=float, default=1.0, help="source weight in the blend (default: 1.0)")
-    g.add_argument("--text-key", help="JSON key / column holding the text, for every source (default: text)")
+    g.add_argument("--text-key", help="JSON key / column holding the text (default: text)")
     g.add_argument("--txt-document", choices=("line", "file"), help=".txt: one document per line or per file")
     g = p.add_argument_group("tokenizer")
     g.add_argument("--tokenizer-model", metavar="PATH", help="use this SentencePiece .model, train none")
@@ -76,42 +79,25 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--partition-bytes", type=int, help="input bytes per partition (one shard each)")
     g.add_argument("--merge", action=argparse.BooleanOptionalAction, default=None,
                    help="merge each source's shards into one per split")
+    g.add_argument("--no-fast-encode", dest="fast_encode", action="store_false", default=None,
+                   help="SentencePiece alone, without the unit cache (same ids; see docs/data.md)")
     g.add_argument("--force", action="store_true", help="redo everything, ignoring finished partitions")
+    add_stage_flags(p)
     return p
 
 
-def _from_run_config(name: str, overrides: list[str]) -> PrepareConfig | None:
-    from pipeline.config import load_config
-
-    run = load_config(name, overrides)
-    if run.data.prepare is not None:
-        return run.data.prepare
-    if run.data.manifest and Path(run.data.manifest).is_file():
-        print(f"data_prep: {name} uses the prebuilt {run.data.manifest}; nothing to prepare")
-        return None
-    raise DataPrepError(f"data.prepare: {name} has no data.prepare section and data.manifest "
-                        f"{run.data.manifest or '(unset)'} does not exist")
-
-
-def build_config(args: argparse.Namespace) -> PrepareConfig | None:
-    """The PrepareConfig the flags describe; None when the run config needs no preparation."""
-    if args.config:
-        cfg = _from_run_config(args.config, args.override)
-        if cfg is None:
-            return None
-    elif args.override:
-        raise DataPrepError("--override needs --config (use the flags for one-off jobs)")
-    else:
-        cfg = PrepareConfig()
-    if args.input or args.hf_dataset:
-        hf = None
-        if args.hf_dataset:
-            hf = HFSource(args.hf_dataset, args.hf_name, args.hf_split, args.hf_data_files,
-                          streaming=not args.no_streaming)
-        cfg.sources = [SourceConfig(name=args.name, paths=args.input or [], hf=hf, weight=args.weight)]
-    for src in cfg.sources:
-        src.text_key = args.text_key or src.text_key
-        src.txt_document = args.txt_document or src.txt_document
+def build_config(args: argparse.Namespace) -> PrepareConfig:
+    """The PrepareConfig the flags describe."""
+    hf = megatron = None
+    if args.hf_dataset:
+        hf = HFSource(args.hf_dataset, args.hf_name, args.hf_split, args.hf_data_files,
+                      streaming=not args.no_streaming)
+    if args.megatron_prefix:
+        megatron = MegatronSource(args.megatron_prefix)
+    src = SourceConfig(name=args.name, paths=args.input or [], hf=hf, megatron=megatron, weight=args.weight)
+    src.text_key = args.text_key or src.text_key
+    src.txt_document = args.txt_document or src.txt_document
+    cfg = PrepareConfig(sources=[src])
     for dest, attr in _FLAGS.items():
         value = getattr(args, dest)
         if value is not None:
@@ -125,21 +111,10 @@ def build_config(args: argparse.Namespace) -> PrepareConfig | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        from pipeline.config import ConfigError
-    except ImportError:  # data_prep used without the pipeline package
-        ConfigError = DataPrepError  # noqa: N806
-    try:
-        cfg = build_config(args)
-        if cfg is not None:
-            prepare(cfg, force=args.force)
-    except (DataPrepError, ConfigError) as e:
-        print(f"data_prep: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("data_prep: interrupted; finished partitions are kept, run again to resume", file=sys.stderr)
-        return 130
-    return 0
+    if not (args.input or args.hf_dataset or args.megatron_prefix):
+        _parser().error("name a source: --input, --hf-dataset or --megatron-prefix (a run config's data: "
+                        "make data CONFIG=...)")
+    return run(build_config(args), args.force, args.stage, args.shard_of)
 
 
 if __name__ == "__main__":

@@ -45,27 +45,52 @@ def resolve_files(src: SourceConfig, key: str) -> list[InputFile]:
     return list(out.values())
 
 
+def resolve_prefixes(patterns: str | list[str], key: str) -> list[str]:
+    """Every shard prefix (path without .bin/.idx) the patterns name, each glob sorted, once each."""
+    out: dict[str, None] = {}
+    for i, pattern in enumerate([patterns] if isinstance(patterns, str) else patterns):
+        where = key if isinstance(patterns, str) else f"{key}[{i}]"
+        pattern = pattern.removesuffix(".bin").removesuffix(".idx")  # a file named instead of its prefix
+        idx = sorted(glob.glob(pattern + ".idx", recursive=True)) if glob.has_magic(pattern) else [pattern + ".idx"]
+        found = [m.removesuffix(".idx") for m in idx if os.path.isfile(m)]
+        if not found:
+            raise DataPrepError(f"{where}: {pattern!r} matches no megatron shard (no {pattern}.idx)")
+        for prefix in found:
+            if not os.path.isfile(prefix + ".bin"):
+                raise DataPrepError(f"{where}: {prefix}.bin is missing (its .idx is there)")
+            out.setdefault(prefix)
+    return list(out)
+
+
+def megatron_prefixes(src: SourceConfig, key: str) -> dict[str, list[str]]:
+    """split -> the shard prefixes of a megatron source."""
+    m = src.megatron
+    return {"train": resolve_prefixes(m.prefix, f"{key}.megatron.prefix"),
+            "valid": resolve_prefixes(m.valid_prefix, f"{key}.megatron.valid_prefix") if m.valid_prefix else []}
+
+
+def _stat(path: str) -> dict:
+    st = os.stat(path)
+    return {"path": path, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
 def is_local_hf_dir(hf: HFSource) -> bool:
     """A directory written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk`."""
     return any(Path(hf.path, f).is_file() for f in ("state.json", "dataset_dict.json"))
 
 
-def _tree_fingerprint(root: str) -> list[dict]:
-    files = sorted(p for p in Path(root).rglob("*") if p.is_file())
-    return [{"path": str(p), "size": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns} for p in files]
-
-
 def source_inputs(src: SourceConfig, key: str) -> list[dict]:
     """What the manifest records as a source's inputs; any change here means the data is out of date."""
+    if src.megatron is not None:
+        return [_stat(p + ext) for ps in megatron_prefixes(src, key).values() for p in ps for ext in (".bin", ".idx")]
     if src.hf is None:
         return [asdict(f) for f in resolve_files(src, key)]
     hf = asdict(src.hf)
     if Path(src.hf.path).is_dir():
-        hf["files"] = _tree_fingerprint(src.hf.path)
+        hf["files"] = [_stat(str(p)) for p in sorted(Path(src.hf.path).rglob("*")) if p.is_file()]
     for f in src.hf.data_files:  # local data files of a builder such as "json"
         if os.path.isfile(f):
-            hf.setdefault("files", []).append({"path": f, "size": os.path.getsize(f),
-                                               "mtime_ns": os.stat(f).st_mtime_ns})
+            hf.setdefault("files", []).append(_stat(f))
     return [{"hf": hf}]
 
 
@@ -74,6 +99,5 @@ def input_fingerprint(cfg: PrepareConfig) -> dict:
     out: dict = {"sources": {s.name: source_inputs(s, f"data.prepare.sources[{i}]")
                              for i, s in enumerate(cfg.sources)}}
     if cfg.tokenizer.model:
-        st = os.stat(cfg.tokenizer.model)
-        out["tokenizer_model"] = {"path": cfg.tokenizer.model, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        out["tokenizer_model"] = _stat(cfg.tokenizer.model)
     return out

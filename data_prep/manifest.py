@@ -7,8 +7,10 @@
                   "error_details": [{"file", "kind", "count", "lines", "example"}]}],
      "splits": {"train": [shard, ...], "valid": [shard, ...]}}
     shard = {"prefix", "source", "documents", "tokens", "bytes" (of .bin), "sha256": {"bin", "idx"}}
+    existing megatron shards (a `megatron` source): absolute "prefix", "external": true, no "sha256"
 
-Shards are listed in input order: per source, its partitions in order.
+Shards are listed in input order: per source, its partitions in order. Error line numbers are the
+files' own (resolved from the line counts in the done records, see errors.py).
 """
 
 from dataclasses import asdict
@@ -21,10 +23,10 @@ from .tokenizer import TokenizerInfo
 from .writer import SPLITS
 
 FORMAT = "dyt-pipeline-manifest/1"
-TOOL_VERSION = "data_prep 1.0"  # bump when the same config would produce different shards
+TOOL_VERSION = "data_prep 2.0"  # bump when the same config would produce different shards
 MANIFEST = "manifest.json"
 # Settings that change how a run goes, not what it produces.
-_NOT_HASHED = ("workers", "on_error", "output_dir")
+_NOT_HASHED = ("workers", "on_error", "output_dir", "fast_encode")
 
 
 def config_hash(cfg: PrepareConfig, fingerprint: dict) -> str:
@@ -55,20 +57,36 @@ def up_to_date(path: Path, chash: str) -> bool:
                for f, size in files)
 
 
+def line_offsets(records: list[dict]) -> dict[tuple[str, int], int]:
+    """(file, byte offset of a piece) -> lines of the file before it, from every piece's line count."""
+    counts: dict[str, dict[int, int]] = {}
+    for r in records:
+        for path, start, lines in r["lines"]:
+            counts.setdefault(path, {})[start] = lines
+    offsets = {}
+    for path, by_start in counts.items():
+        before = 0
+        for start in sorted(by_start):
+            offsets[path, start] = before
+            before += by_start[start]
+    return offsets
+
+
 def build_manifest(cfg: PrepareConfig, chash: str, fingerprint: dict, tok: TokenizerInfo, dtype: str,
-                   records: list[dict], splits: dict[str, list[dict]]) -> dict:
-    """`records`: the done records of every partition, in plan order; `splits`: the shards listed."""
+                   records: list[dict], shards: dict[str, dict[str, list[dict]]]) -> dict:
+    """`records`: the done records of every partition, in plan order; `shards`: source -> split -> the
+    shards listed (partition shards, merged ones, or existing megatron shards)."""
+    offsets = line_offsets(records)
     sources = []
     for src in cfg.sources:
-        mine = [r for r in records if r["source"] == src.name]
         log = ErrorLog()
-        for r in mine:
-            log.extend(r["errors"])
-        shards = [s for r in mine for s in r["shards"].values()]
+        for r in records:
+            if r["source"] == src.name:
+                log.extend(r["errors"], offsets)
+        mine = [s for split in SPLITS for s in shards[src.name][split]]
         sources.append({"name": src.name, "weight": src.weight, "inputs": fingerprint["sources"][src.name],
-                        "documents": sum(s["documents"] for s in shards),
-                        "tokens": sum(s["tokens"] for s in shards),
+                        "documents": sum(s["documents"] for s in mine), "tokens": sum(s["tokens"] for s in mine),
                         "errors": log.counts(), "error_details": log.to_json()})
     return {"format": FORMAT, "tool_version": TOOL_VERSION, "config_hash": chash,
             "tokenizer": tok.manifest_entry(), "dtype": dtype, "sources": sources,
-            "splits": {s: splits[s] for s in SPLITS}}
+            "splits": {split: [s for src in cfg.sources for s in shards[src.name][split]] for split in SPLITS}}

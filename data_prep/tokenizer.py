@@ -16,8 +16,8 @@ from .config import PrepareConfig, TokenizerConfig
 from .errors import DataPrepError, ErrorLog
 from .files import atomic_write_bytes, atomic_write_json, read_json, sha256_file, stable_hash
 from .plan import Partition
-from .readers import PartitionReader
-from .split import valid_selector
+from .readers import SegmentReader
+from .split import doc_hasher, is_valid
 
 SPECIAL_IDS = {"pad_id": 0, "bos_id": 1, "eos_id": 2, "unk_id": 3}
 MODEL_FILE = "tokenizer.model"
@@ -68,11 +68,12 @@ def sample_texts(cfg: PrepareConfig, plan: list[Partition]) -> Iterator[str]:
         parts = [p for p in plan if p.source == src.name]
         share = src.weight / total_weight
         per_part, chars = math.ceil(tok.sample_docs * share / max(1, len(parts))), tok.sample_chars * share
+        digest = doc_hasher(src.name)
         for part in parts:
-            docs = iter(PartitionReader(part, src, ErrorLog("skip"), cfg.max_doc_chars))
+            docs = iter(SegmentReader(part.segments, src, ErrorLog("skip"), cfg.max_doc_chars))
             taken = 0
-            for fid, pos, text in docs:
-                if valid_selector(fid, cfg.valid_fraction)(pos):
+            for text in docs:
+                if is_valid(digest(text), cfg.valid_fraction):
                     continue
                 yield text
                 taken, chars = taken + 1, chars - len(text)
@@ -100,13 +101,21 @@ def train(texts: Iterator[str], tok: TokenizerConfig) -> bytes:
     return buf.getvalue()
 
 
+def current_tokenizer(out: Path, state: Path, key: str) -> TokenizerInfo | None:
+    """<out>/tokenizer.model when it was made from `key` and is intact, else None."""
+    dest = out / MODEL_FILE
+    record = read_json(state)
+    if record and record.get("key") == key and dest.is_file() and sha256_file(dest) == record["sha256"]:
+        return load_info(dest)
+    return None
+
+
 def ensure_tokenizer(cfg: PrepareConfig, plan: list[Partition], out: Path, state: Path, key: str,
                      force: bool) -> TokenizerInfo:
     """<out>/tokenizer.model, reused when `key` (what it was made from) is unchanged."""
     dest = out / MODEL_FILE
-    record = read_json(state)
-    reuse = not force and record and record.get("key") == key and dest.is_file()
-    if not (reuse and sha256_file(dest) == record["sha256"]):
+    info = None if force else current_tokenizer(out, state, key)
+    if info is None:
         if cfg.tokenizer.model:
             tmp = dest.with_name(dest.name + ".tmp")
             shutil.copyfile(cfg.tokenizer.model, tmp)
@@ -114,7 +123,7 @@ def ensure_tokenizer(cfg: PrepareConfig, plan: list[Partition], out: Path, state
         else:
             atomic_write_bytes(dest, train(sample_texts(cfg, plan), cfg.tokenizer))
         atomic_write_json(state, {"key": key, "sha256": sha256_file(dest)})
-    info = load_info(dest)
+        info = load_info(dest)
     if cfg.append_bos and info.bos_id < 0:
         raise DataPrepError(f"data.prepare.append_bos: the tokenizer {cfg.tokenizer.model} has no bos piece")
     return info
@@ -124,6 +133,7 @@ def tokenizer_key(cfg: PrepareConfig, fingerprint: dict) -> str:
     """Everything the tokenizer file depends on."""
     if cfg.tokenizer.model:
         return stable_hash({"model": fingerprint["tokenizer_model"]})
-    return stable_hash({"tokenizer": asdict(cfg.tokenizer), "sources": [asdict(s) for s in cfg.sources],
+    return stable_hash({"tokenizer": asdict(cfg.tokenizer),
+                        "sources": [asdict(s) for s in cfg.sources if s.megatron is None],
                         "inputs": fingerprint["sources"], "valid_fraction": cfg.valid_fraction,
                         "max_doc_chars": cfg.max_doc_chars, "partition_bytes": cfg.partition_bytes})

@@ -24,8 +24,12 @@ def validate(cfg: PrepareConfig) -> None:
         if s.name in seen:
             _fail(f"{key}.name", f"{s.name!r} is used by another source")
         seen.add(s.name)
-        if bool(s.paths) == (s.hf is not None):
-            _fail(key, "set exactly one of 'paths' (files or globs) and 'hf' (a datasets source)")
+        if [bool(s.paths), s.hf is not None, s.megatron is not None].count(True) != 1:
+            _fail(key, "set exactly one of 'paths' (files or globs), 'hf' (a datasets source) and 'megatron' "
+                  "(existing .bin/.idx shards)")
+        if s.megatron is not None and cfg.tokenizer.model is None:
+            _fail(f"{key}.megatron", "existing shards need the tokenizer they were made with: set "
+                  "data.prepare.tokenizer.model to its SentencePiece .model")
         if not s.weight > 0:
             _fail(f"{key}.weight", f"must be > 0, got {s.weight}")
         if not s.text_key:

@@ -1,35 +1,42 @@
-"""Encode one partition into its train/valid shards: written under temp names, renamed into place,
-then a done record; a partition without its done record is redone from scratch."""
+"""Encode the chunks of a partition, then assemble its train/valid shards: everything is written under
+temp names, renamed into place, then a done record; a partition without its done record is redone
+from scratch."""
 
+import functools
 import os
 import shutil
-import signal
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from .config import SourceConfig
+from .encoder import Encoder, first_difference
 from .errors import ErrorLog
-from .files import atomic_write_json, fsync_file, sha256_file
-from .megatron_io import indexed_dataset
-from .plan import Partition
-from .readers import PartitionReader
-from .split import valid_selector
+from .files import atomic_write_json, fsync_file, read_json, sha256_file
+from .megatron_io import concat_shards, indexed_dataset
+from .plan import Partition, Segment
+from .readers import SegmentReader
+from .split import doc_hasher, is_valid
 
 SPLITS = ("train", "valid")
 STATE_DIR = ".state"  # done records and the tokenizer's record
 TMP_DIR = ".tmp"  # partitions being written
-BATCH_CHARS = 1 << 20  # texts handed to SentencePiece at once
-BATCH_DOCS = 1024
+MISMATCH = "units_mismatch.json"  # in STATE_DIR: the unit cache once gave other ids than SentencePiece
+# Texts encoded at once: big batches make the unit cache's set and SentencePiece calls cheaper per
+# token (8 MiB: ~15% faster than 1 MiB), for ~100 MB of memory per worker.
+BATCH_CHARS = 8 << 20
+BATCH_DOCS = 4096
 REPORT_EVERY_S = 0.25
+CHECK_FIRST = 8  # with the unit cache, the first documents of every chunk are also encoded plainly ...
+CHECK_ONE_IN = 128  # ... and one in this many of the others (by content hash), and compared
 
 Report = Callable[[int, int, int], None]  # (documents, tokens, input bytes) since the last call
 
 
 @dataclass(frozen=True)
 class EncodeJob:
-    """What every partition needs to know; sent to the worker processes."""
+    """What every chunk needs to know; sent to the worker processes."""
 
     out_dir: str
     tokenizer: str
@@ -39,19 +46,27 @@ class EncodeJob:
     valid_fraction: float
     max_doc_chars: int
     on_error: str
-    threads: int  # SentencePiece threads per partition (> 1 only when partitions are fewer than workers)
     sources: dict[str, SourceConfig]
+    fast_encode: bool  # use the unit cache (encoder.py) unless a mismatch was ever seen here
+
+
+class _Mismatch(Exception):
+    pass
 
 
 def record_path(out: Path, name: str) -> Path:
     return out / STATE_DIR / "parts" / f"{name}.json"
 
 
-def _batches(docs: Iterable[tuple[str, int, str]]) -> Iterator[list[tuple[str, int, str]]]:
+def mismatch_seen(out: Path) -> dict | None:
+    return read_json(out / STATE_DIR / MISMATCH)
+
+
+def batches(docs: Iterable[str]) -> Iterator[list[str]]:
     batch, chars = [], 0
     for doc in docs:
         batch.append(doc)
-        chars += len(doc[2])
+        chars += len(doc)
         if chars >= BATCH_CHARS or len(batch) >= BATCH_DOCS:
             yield batch
             batch, chars = [], 0
@@ -59,17 +74,10 @@ def _batches(docs: Iterable[tuple[str, int, str]]) -> Iterator[list[tuple[str, i
         yield batch
 
 
-def _kill_point(name: str) -> int | None:
-    """Test hook: DATA_PREP_KILL_AT=<partition>:<docs> SIGKILLs the whole process group once that
-    partition has written that many documents, like a `kill -9` of the job (no cleanup runs)."""
-    part, _, docs = os.environ.get("DATA_PREP_KILL_AT", "").partition(":")
-    return int(docs) if part == name else None
-
-
 class _Reporter:
     """Progress to `report` at most every REPORT_EVERY_S: what was done since the previous call."""
 
-    def __init__(self, report: Report, reader: PartitionReader) -> None:
+    def __init__(self, report: Report, reader: SegmentReader) -> None:
         self.report, self.reader = report, reader
         self.documents = self.tokens = self.sent_bytes = 0
         self.last = time.monotonic()
@@ -88,66 +96,121 @@ class _Reporter:
         self.sent_bytes, self.last = consumed, time.monotonic()
 
 
-def _encode(part: Partition, job: EncodeJob, reader: PartitionReader, builders: dict, report: Report) -> dict:
-    """Tokenize the partition's documents into the builders; (documents, tokens) per split."""
-    import sentencepiece as spm
+@functools.cache
+def _encoder(model: str, dtype: str, units: bool) -> Encoder:
+    """One per process and model: the unit cache carries over from chunk to chunk."""
+    import numpy
 
-    sp = spm.SentencePieceProcessor(model_file=job.tokenizer)
-    counts = {s: [0, 0] for s in SPLITS}
-    bos = [] if job.bos_id is None else [job.bos_id]
-    selectors: dict[str, Callable[[int], bool]] = {}
-    kill_at, written = _kill_point(part.name), 0
-    progress = _Reporter(report, reader)
-    for batch in _batches(reader):
-        encoded = sp.encode([b[2] for b in batch], num_threads=job.threads)
-        for (fid, pos, _), ids in zip(batch, encoded, strict=True):
-            if fid not in selectors:
-                selectors[fid] = valid_selector(fid, job.valid_fraction)
-            split = "valid" if selectors[fid](pos) else "train"
-            doc = bos + ids + [job.eod_id]
-            builders[split].add_document(doc, [len(doc)])
-            counts[split][0] += 1
-            counts[split][1] += len(doc)
-            progress.add(len(doc))
-            written += 1
-            if written == kill_at:
-                os.killpg(os.getpgid(0), signal.SIGKILL)
-        progress.send()
-    progress.send(consumed=part.size)
-    return counts
+    return Encoder(model, numpy.dtype(dtype).char, units)
 
 
-def encode_partition(part: Partition, key: str, job: EncodeJob, report: Report) -> dict:
-    """Write the partition's shards; `key` (what they depend on) goes into the done record."""
+def _chunk_prefix(out: Path, part: Partition, index: int, split: str) -> Path:
+    return out / TMP_DIR / part.name / f"{index:05d}-{split}"
+
+
+def _encode(part: Partition, index: int, segments: tuple[Segment, ...], job: EncodeJob, units: bool,
+            report: Report) -> dict:
     import numpy
 
     out = Path(job.out_dir)
-    tmp = out / TMP_DIR / part.name
-    shutil.rmtree(tmp, ignore_errors=True)  # leftovers of an interrupted attempt
-    tmp.mkdir(parents=True)
     errors = ErrorLog(job.on_error)
-    reader = PartitionReader(part, job.sources[part.source], errors, job.max_doc_chars)
-    builder_cls, dtype = indexed_dataset().IndexedDatasetBuilder, getattr(numpy, job.dtype)
-    builders = {s: builder_cls(str(tmp / f"{s}.bin"), dtype=dtype) for s in SPLITS}
-    counts = _encode(part, job, reader, builders, report)
-
-    shards = {}
+    reader = SegmentReader(segments, job.sources[part.source], errors, job.max_doc_chars)
+    dtype = numpy.dtype(job.dtype)
+    builders = {s: indexed_dataset().IndexedDatasetBuilder(f"{_chunk_prefix(out, part, index, s)}.bin",
+                                                           dtype=dtype.type) for s in SPLITS}
+    enc = _encoder(job.tokenizer, job.dtype, units)
+    digest = doc_hasher(part.source)
+    head = b"" if job.bos_id is None else numpy.array([job.bos_id], dtype).tobytes()
+    tail = numpy.array([job.eod_id], dtype).tobytes()
+    counts = {s: [0, 0] for s in SPLITS}
+    written = checked = 0
+    progress = _Reporter(report, reader)
+    for batch in batches(reader):
+        for text, body in zip(batch, enc.encode(batch), strict=True):
+            h = digest(text)
+            if enc.units is not None and (written < CHECK_FIRST or h % CHECK_ONE_IN == 0):
+                plain = enc.plain([text])[0]
+                if plain != body:
+                    a, b = numpy.frombuffer(body, dtype), numpy.frombuffer(plain, dtype)
+                    i = first_difference(a.tolist(), b.tolist())
+                    raise _Mismatch(f"{part.name} chunk {index}: a document starting {text[:60]!r} differs at "
+                                    f"token {i}: {a[i:i + 4].tolist()} (units) vs {b[i:i + 4].tolist()}")
+                checked += 1
+            split = "valid" if is_valid(h, job.valid_fraction) else "train"
+            doc = numpy.frombuffer(head + body + tail, dtype)
+            builders[split].add_document(doc, [doc.size])
+            counts[split][0] += 1
+            counts[split][1] += doc.size
+            progress.add(doc.size)
+            written += 1
+        progress.send()
     for split, builder in builders.items():
-        builder.finalize(str(tmp / f"{split}.idx"))
-        docs, tokens = counts[split]
-        if not docs:  # an empty split gets no files
+        builder.finalize(f"{_chunk_prefix(out, part, index, split)}.idx")
+    progress.send(consumed=sum(s.size for s in segments))
+    return {"index": index, "splits": counts, "errors": errors.to_json(), "lines": reader.line_counts,
+            "encoder": "units" if enc.units is not None else "sentencepiece", "checked": checked,
+            "why_not_units": enc.why_not_units}
+
+
+def encode_chunk(part: Partition, index: int, segments: tuple[Segment, ...], job: EncodeJob,
+                 report: Report) -> dict:
+    """Write chunk `index` of the partition to temp shards; its counts, errors and line counts. When the
+    unit cache disagrees with SentencePiece on a checked document, that is recorded (MISMATCH: no
+    later chunk here uses the cache) and the chunk is encoded again by SentencePiece alone."""
+    out = Path(job.out_dir)
+    if not job.fast_encode:
+        return _encode(part, index, segments, job, False, report)
+    if mismatch_seen(out) is not None:
+        return _encode(part, index, segments, job, False, report) | {"why_not_units": f"it gave other ids "
+                                                                      f"once (.state/{MISMATCH})"}
+    try:
+        return _encode(part, index, segments, job, True, report)
+    except _Mismatch as e:
+        atomic_write_json(out / STATE_DIR / MISMATCH, {"example": str(e)})
+        print(f"data_prep: WARNING: the unit cache gave other ids than SentencePiece ({e}); "
+              "encoding with SentencePiece alone from now on", flush=True)
+        return _encode(part, index, segments, job, False, report)
+
+
+def publish_shard(tmp: Path, out: Path, prefix: str, source: str, documents: int, tokens: int) -> dict:
+    """Move the temp shard `tmp`.bin/.idx to `out`/`prefix`.bin/.idx (on disk before anything says
+    so); its manifest entry."""
+    files = {ext: Path(f"{tmp}.{ext}") for ext in ("bin", "idx")}
+    shard = {"prefix": prefix, "source": source, "documents": documents, "tokens": tokens,
+             "bytes": files["bin"].stat().st_size, "sha256": {e: sha256_file(p) for e, p in files.items()}}
+    (out / prefix).parent.mkdir(parents=True, exist_ok=True)
+    for ext, path in files.items():
+        fsync_file(path)
+        os.replace(path, out / f"{prefix}.{ext}")
+    return shard
+
+
+def assemble(part: Partition, key: str, results: list[dict], job: EncodeJob) -> dict:
+    """The partition's shards from its chunks' (concatenated in order: the same bytes as one chunk would
+    give), and its done record; `key` (what the shards depend on) goes into the record."""
+    out = Path(job.out_dir)
+    results = sorted(results, key=lambda r: r["index"])
+    shards = {}
+    for split in SPLITS:
+        parts = [r for r in results if r["splits"][split][0]]
+        if not parts:  # an empty split gets no files
             continue
-        prefix = f"{split}/{part.name}"
-        src = {ext: tmp / f"{split}.{ext}" for ext in ("bin", "idx")}
-        shards[split] = {"prefix": prefix, "source": part.source, "documents": docs, "tokens": tokens,
-                         "bytes": src["bin"].stat().st_size,
-                         "sha256": {e: sha256_file(p) for e, p in src.items()}}
-        (out / split).mkdir(exist_ok=True)
-        for ext, path in src.items():
-            fsync_file(path)  # on disk before the done record says so
-            os.replace(path, out / f"{prefix}.{ext}")
+        tmp = out / TMP_DIR / part.name / split
+        if len(parts) == 1:
+            for ext in ("bin", "idx"):
+                os.replace(f"{_chunk_prefix(out, part, parts[0]['index'], split)}.{ext}", f"{tmp}.{ext}")
+        else:
+            concat_shards([_chunk_prefix(out, part, r["index"], split) for r in parts], tmp, job.dtype)
+        docs, tokens = (sum(r["splits"][split][i] for r in parts) for i in (0, 1))
+        shards[split] = publish_shard(tmp, out, f"{split}/{part.name}", part.source, docs, tokens)
+    errors = ErrorLog()
+    for r in results:
+        errors.extend(r["errors"])
     record = {"key": key, "partition": part.name, "source": part.source, "input_bytes": part.size,
-              "shards": shards, "errors": errors.to_json()}
+              "shards": shards, "errors": errors.to_json(), "lines": [c for r in results for c in r["lines"]],
+              "encoder": "units" if any(r["encoder"] == "units" for r in results) else "sentencepiece",
+              "checked": sum(r["checked"] for r in results), "chunks": len(results),
+              "why_not_units": next((r["why_not_units"] for r in results if r["why_not_units"]), None)}
     atomic_write_json(record_path(out, part.name), record)
-    shutil.rmtree(tmp)
+    shutil.rmtree(out / TMP_DIR / part.name)
     return record

@@ -94,6 +94,11 @@ def _sbatch_value(key: str, value: str, pattern: re.Pattern = _SBATCH_VALUE) -> 
     return value
 
 
+def sbatch_path(key: str, value: str) -> str:
+    """A path that can go in an #SBATCH line (e.g. --output), or a ConfigError naming `key`."""
+    return _sbatch_value(key, value, _PATH_IN_SBATCH)
+
+
 def time_limit_s(value: str) -> int | None:
     """Seconds in an sbatch --time value; None for UNLIMITED/INFINITE."""
     if value.upper() in ("UNLIMITED", "INFINITE"):
@@ -190,6 +195,37 @@ def _same_launch(runs: list[Run]) -> None:
             _fail(f"{r.cfg.name}: train.device", f"differs from {first.name}'s (decides the GPU request)")
 
 
+def resource_options(cfg: RunConfig, cpus_per_task: int | None) -> list[str]:
+    """#SBATCH options for what launch.slurm asks for (values checked by `validate`), GPUs aside."""
+    s = cfg.launch.slurm
+    opts = [f"--cpus-per-task={cpus_per_task}"] if cpus_per_task else []
+    opts.append(f"--time={s.time}")
+    opts += [f"--{opt}={v}" for opt, v in (("partition", s.partition), ("account", s.account), ("qos", s.qos),
+                                           ("constraint", s.constraint)) if v is not None]
+    return opts
+
+
+class SubmitError(Exception):
+    """sbatch is missing or refused a script; `code` is the exit status to return."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def sbatch(script_path: Path, *options: str) -> str:
+    """Submit a batch script; its job ID."""
+    try:
+        out = subprocess.run(["sbatch", "--parsable", *options, str(script_path)], capture_output=True, text=True)
+    except FileNotFoundError:
+        raise SubmitError("sbatch: not found. Submit from a SLURM login node (or set launch.launcher: local)",
+                          2) from None
+    if out.returncode != 0:
+        raise SubmitError(f"sbatch failed ({out.returncode}): {out.stderr.strip()}\nscript: {script_path}",
+                          out.returncode)
+    return out.stdout.strip().split(";")[0]
+
+
 def sbatch_script(runs: list[Run], workdir: Path, python: str, log_dir: Path, job_name: str,
                   max_parallel: int | None = None) -> str:
     """The batch script for one run, or for an array job over several (task k = runs[k])."""
@@ -207,13 +243,7 @@ def sbatch_script(runs: list[Run], workdir: Path, python: str, log_dir: Path, jo
     sbatch = [f"--job-name={job_name}", f"--nodes={launch.nodes}", "--ntasks-per-node=1"]
     if gpus := gpus_per_node(cfg):
         sbatch.append(f"--gpus-per-node={gpus}")
-    if s.cpus_per_task:
-        sbatch.append(f"--cpus-per-task={s.cpus_per_task}")
-    sbatch.append(f"--time={s.time}")
-    for opt, v in (("partition", s.partition), ("account", s.account), ("qos", s.qos),
-                   ("constraint", s.constraint)):
-        if v is not None:
-            sbatch.append(f"--{opt}={v}")
+    sbatch += resource_options(cfg, s.cpus_per_task)
     if array:
         parallel = f"%{max_parallel}" if max_parallel else ""
         sbatch.append(f"--array=0-{len(runs) - 1}{parallel}")
@@ -333,16 +363,10 @@ def submit_runs(runs: list[Run], dry_run: bool = False, max_parallel: int | None
     script_path = job_dir / "job.sbatch"
     script_path.write_text(script)
     try:
-        out = subprocess.run(["sbatch", "--parsable", str(script_path)], capture_output=True, text=True)
-    except FileNotFoundError:
-        print("sbatch: not found. Submit from a SLURM login node (or set launch.launcher: local)",
-              file=sys.stderr)
-        return 2
-    if out.returncode != 0:
-        print(f"sbatch failed ({out.returncode}): {out.stderr.strip()}\nscript: {script_path}",
-              file=sys.stderr)
-        return out.returncode
-    job_id = out.stdout.strip().split(";")[0]
+        job_id = sbatch(script_path)
+    except SubmitError as e:
+        print(e, file=sys.stderr)
+        return e.code
     print(f"submitted job {job_id}: {script_path}", flush=True)
     if len(runs) == 1:
         print(f"  log:    {first.run_dir}/logs/slurm-{job_id}.out\n  status: {first.run_dir}/status.json")

@@ -19,3 +19,15 @@ def pydocs_manifest(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("pydocs")
     cfg = load_config("tiny_dyt", [f"data.prepare.output_dir={out}", f"data.manifest={out}/manifest.json"])
     return Path(prepare(cfg.data.prepare))
+
+
+@pytest.fixture(scope="session")
+def small_tokenizer(tmp_path_factory) -> Path:
+    """A SentencePiece model trained once on generated text (for tests that are not about training)."""
+    from data_prep.config import TokenizerConfig
+    from data_prep.tokenizer import train
+    from tests.data_prep.helpers import make_texts
+
+    path = tmp_path_factory.mktemp("tok") / "small.model"
+    path.write_bytes(train(iter(make_texts(200, seed=99)), TokenizerConfig(vocab_size=600, num_threads=1)))
+    return path

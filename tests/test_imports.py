@@ -13,8 +13,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from tests.helpers import REPO
 
 PACKAGES = ("pipeline", "data_prep", "launch")
@@ -116,14 +114,11 @@ def test_the_cycle_check_finds_a_cycle_hidden_in_a_function(tmp_path):
 
 def test_no_cycle_between_top_level_packages():
     packages = package_graph(GRAPH)
-    # Known, being removed on branch issue-18 (see the xfail below); every other edge must stay acyclic.
-    packages["data_prep"].discard("pipeline")
     assert find_cycle(packages) is None, find_cycle(packages)
 
 
-@pytest.mark.xfail(strict=True, reason="data_prep/__main__.py reads run configs through pipeline.config; "
-                   "branch issue-18 removes that edge: then drop this marker (strict: it fails once it passes)")
 def test_data_prep_does_not_import_pipeline():
+    """data_prep is upstream: run configs are resolved by launch.data, which hands it a PrepareConfig."""
     offenders = sorted(m for m, targets in GRAPH.items() if m.startswith("data_prep")
                        and any(t.startswith("pipeline") for t in targets))
     assert not offenders, offenders
@@ -136,9 +131,7 @@ def test_no_cycle_between_modules_of_pipeline_config():
 
 
 def test_no_cycle_between_first_party_modules():
-    graph = {m: {t for t in ts if not (m.startswith("data_prep") and t.startswith("pipeline"))}
-             for m, ts in GRAPH.items()}  # the known data_prep → pipeline edge, as above
-    assert find_cycle(graph) is None, find_cycle(graph)
+    assert find_cycle(GRAPH) is None, find_cycle(GRAPH)
 
 
 def test_config_and_norm_registry_import_no_torch():

@@ -149,9 +149,7 @@ def ensure_data(p: RunPlan) -> None:
     exists is left to training's own checks (tokenizer hash, shard files)."""
     if p.cfg.data.manifest_path.is_file() or p.cfg.data.prepare is None:
         return
-    cmd = [sys.executable, "-m", "data_prep", "--config", p.config]
-    for o in p.overrides:
-        cmd += ["-o", o]
+    cmd = [sys.executable, "-m", "launch.data", p.config, *p.overrides, "--launcher", "local"]  # here, now
     print(f"== data: {p.cfg.data.manifest_path} missing, preparing it ({' '.join(cmd[1:])})", flush=True)
     if subprocess.run(cmd, env=child_env()).returncode != 0:
         raise CompareError(f"data preparation failed: {' '.join(cmd)}")

@@ -10,7 +10,6 @@ import pytest
 import yaml
 
 from data_prep import prepare
-from data_prep.__main__ import main
 from data_prep.build import _finished
 from data_prep.config import TokenizerConfig
 from data_prep.plan import make_plan
@@ -30,12 +29,13 @@ def _run_config(tmp_path, out: str, corpus) -> str:
 
 def _cli(config: str, cwd, **env) -> subprocess.CompletedProcess:
     # A session of its own: the kill hook takes down the whole process group, as `kill -9 -<pgid>` would.
-    return subprocess.run([sys.executable, "-m", "data_prep", "--config", config], cwd=cwd, text=True,
+    return subprocess.run([sys.executable, "-m", "launch.data", config], cwd=cwd, text=True,
                           capture_output=True, env=subprocess_env(**env), timeout=300, start_new_session=True)
 
 
 @pytest.mark.slow
 def test_resume_after_sigkill_equals_uninterrupted(tmp_path, monkeypatch, capsys):
+    from launch.data import main
     from pipeline.config import load_config
 
     corpus = write_jsonl(tmp_path / "c.jsonl", make_texts(300))
@@ -53,7 +53,7 @@ def test_resume_after_sigkill_equals_uninterrupted(tmp_path, monkeypatch, capsys
     stamps = {p: p.stat().st_mtime_ns for p in (out / "train").glob("*.bin")}
 
     monkeypatch.chdir(tmp_path)
-    assert main(["--config", killed]) == 0  # the resumed run, in this process
+    assert main([killed]) == 0  # the resumed run, in this process
     assert f"{len(finished)} kept from an earlier run" in capsys.readouterr().out
     for p, t in stamps.items():
         if p.stem in finished:

@@ -2,7 +2,6 @@
 
 import hashlib
 import json
-import math
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,7 @@ import sentencepiece as spm
 from data_prep import prepare
 from data_prep.config import SourceConfig, TokenizerConfig
 from data_prep.plan import make_plan
+from data_prep.split import doc_hasher, is_valid
 from tests.data_prep.helpers import (
     check_roundtrip,
     make_texts,
@@ -50,7 +50,7 @@ def _config(out: Path, paths: list[Path], workers: int):
 
 
 def test_roundtrip_all_formats_independent_of_workers(tmp_path, corpus):
-    paths, expected, files = corpus
+    paths, expected, _ = corpus
     one = prepare(_config(tmp_path / "w1", paths, workers=1))
     three = prepare(_config(tmp_path / "w3", paths, workers=3))
     assert tree_bytes(one.parent) == tree_bytes(three.parent)  # byte for byte, manifest included
@@ -64,11 +64,11 @@ def test_roundtrip_all_formats_independent_of_workers(tmp_path, corpus):
     assert m["sources"][0]["documents"] == 400 and m["sources"][1]["documents"] == 60
     assert all(n == 0 for s in m["sources"] for n in s["errors"].values())
     where = check_roundtrip(one, expected)
-    # The valid split takes floor or ceil of fraction·n documents of every file.
-    for f, r in files.items():
-        n_valid = sum(where[i] == "valid" for i in r)
-        assert math.floor(0.1 * len(r)) <= n_valid <= math.ceil(0.1 * len(r)), f
-    assert sum(s == "valid" for s in where.values()) > 0
+    # A document is in the valid split exactly when the hash of its source and text says so.
+    hashers = {name: doc_hasher(name) for name in ("src", "other")}
+    assert where == {i: "valid" if is_valid(hashers[src](text), 0.1) else "train"
+                     for i, (src, text) in expected.items()}
+    assert 0.05 < sum(s == "valid" for s in where.values()) / len(where) < 0.15
 
 
 def test_bos_and_existing_tokenizer(tmp_path, corpus, small_tokenizer):
