@@ -64,24 +64,38 @@ def sample_texts(cfg: PrepareConfig, plan: list[Partition]) -> Iterator[str]:
     source's share follows its weight and is taken evenly from the starts of its partitions, so only
     a small part of a big corpus is ever read."""
     tok, total_weight = cfg.tokenizer, sum(s.weight for s in cfg.sources)
+    sampled, seen = 0, []
     for src in cfg.sources:
         parts = [p for p in plan if p.source == src.name]
         share = src.weight / total_weight
         per_part, chars = math.ceil(tok.sample_docs * share / max(1, len(parts))), tok.sample_chars * share
         digest = doc_hasher(src.name)
+        errors, held_out = ErrorLog("skip"), 0
         for part in parts:
-            docs = iter(SegmentReader(part.segments, src, ErrorLog("skip"), cfg.max_doc_chars))
+            docs = iter(SegmentReader(part.segments, src, errors, cfg.max_doc_chars))
             taken = 0
             for text in docs:
                 if is_valid(digest(text), cfg.valid_fraction):
+                    held_out += 1
                     continue
                 yield text
                 taken, chars = taken + 1, chars - len(text)
                 if taken >= per_part or chars <= 0:
                     break
+            sampled += taken
             docs.close()
             if chars <= 0:
                 break
+        seen.append(_sample_summary(src.name, len(parts), held_out, errors))
+    if not sampled:  # SentencePiece would only say "[!sentences_.empty()]"
+        raise DataPrepError("no usable documents to train the tokenizer on: " + "; ".join(seen) +
+                            ". Check the paths, text_key and the input format (`python -m data_prep --help`)")
+
+
+def _sample_summary(source: str, partitions: int, held_out: int, errors: ErrorLog) -> str:
+    reasons = ", ".join(f"{e['count']} {e['kind']} in {e['file']} ({e['example']})" for e in errors.to_json()[:3])
+    return (f"{source}: {partitions} input partition(s), {errors.total} record(s) skipped"
+            f"{' (' + reasons + ')' if reasons else ''}, {held_out} held out for the valid split")
 
 
 def train(texts: Iterator[str], tok: TokenizerConfig) -> bytes:

@@ -9,6 +9,7 @@ import pytest
 from data_prep import BadInputError, prepare
 from data_prep.__main__ import main
 from data_prep.config import TokenizerConfig
+from data_prep.errors import DataPrepError
 from tests.data_prep.helpers import (
     check_roundtrip,
     make_texts,
@@ -112,3 +113,13 @@ def test_cli_on_error_fail_exits_nonzero(tmp_path, small_tokenizer, capsys):
     # Workers run in parallel: the first bad record any of them meets is the one reported.
     match = re.match(rf"data_prep: error: {re.escape(str(path))}:(\d+): (\w+): ", err)
     assert match and int(match[1]) in where[match[2]], err
+
+
+@pytest.mark.parametrize("data", [b"", b'{"body": "no text key"}\n{"text": ""}\n'], ids=["empty_file", "no_usable"])
+def test_no_usable_documents_says_why_before_tokenizer_training(tmp_path, data):
+    """Not SentencePiece's `[!sentences_.empty()]`: the source, what was read and why it was skipped."""
+    path = write_bytes(tmp_path / "in.jsonl", data)
+    with pytest.raises(DataPrepError, match=r"no usable documents to train the tokenizer on: src: 1 input") as e:
+        prepare(prep_config(tmp_path / "out", [path]))
+    if data:
+        assert "2 record(s) skipped (1 missing_key in" in str(e.value) and "1 empty in" in str(e.value)
