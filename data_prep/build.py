@@ -173,14 +173,14 @@ def prepare(cfg: PrepareConfig, force: bool = False, stage: Stage = "all",
         elif (tok := current_tokenizer(out, state, tkey)) is None:
             raise DataPrepError(f"{out}/tokenizer.model is missing or was made from another config: run the "
                                 "tokenizer stage first (--stage tokenizer)")
+        dtype = token_dtype(tok.vocab_size)
+        # Existing shards are checked before anything is encoded (in every stage but the shards').
+        shards = {s.name: external_shards(s, f"data.prepare.sources[{i}]", tok, dtype)
+                  for i, s in enumerate(cfg.sources) if s.megatron is not None and stage != "encode"}
         if stage == "tokenizer":
             print(f"data_prep: {out / 'tokenizer.model'} ready (vocab {tok.vocab_size}); {len(plan)} partitions "
                   "to encode")
             return None
-        dtype = token_dtype(tok.vocab_size)
-        # Existing shards are checked before anything is encoded (in the stages that list them).
-        shards = {s.name: external_shards(s, f"data.prepare.sources[{i}]", tok, dtype)
-                  for i, s in enumerate(cfg.sources) if s.megatron is not None and stage != "encode"}
         keys = {p.name: _partition_key(p, cfg, tok, dtype, fingerprint) for p in plan}
         job = EncodeJob(out_dir=str(out), tokenizer=tok.path, eod_id=tok.eod_id,
                         bos_id=tok.bos_id if cfg.append_bos else None, dtype=dtype,

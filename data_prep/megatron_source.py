@@ -23,15 +23,14 @@ SAMPLE_TOKENS = 2048  # at most this many ids of each, from its start
 MIN_ROUNDTRIP = 0.9  # share of sampled documents that must decode and encode back to the same ids
 
 
-def _roundtrip(sp, ids: list[int], tok: TokenizerInfo) -> bool:
+def _roundtrip(sp, ids: list[int], tok: TokenizerInfo, truncated: bool) -> bool:
+    """decode then encode gives `ids` back (of a truncated document: all but its last, maybe cut, words)."""
     if ids and ids[0] == tok.bos_id:
         ids = ids[1:]
-    if ids and ids[-1] == tok.eod_id:
+    if ids and ids[-1] == tok.eod_id and not truncated:
         ids = ids[:-1]
-    cut = len(ids) == SAMPLE_TOKENS - 1  # a prefix: the last word may be cut differently
-    again = sp.encode(sp.decode(ids))
-    keep = len(ids) - 16 if cut else len(ids)
-    return again[:keep] == ids[:keep]
+    keep = len(ids) - 16 if truncated else len(ids)
+    return sp.encode(sp.decode(ids))[:keep] == ids[:keep]
 
 
 def check_shard(prefix: str, key: str, tok: TokenizerInfo, dtype: str, sp) -> dict:
@@ -59,10 +58,11 @@ def check_shard(prefix: str, key: str, tok: TokenizerInfo, dtype: str, sp) -> di
     for d in picks:
         first, last = int(index.document_indices[d]), int(index.document_indices[d + 1])
         ids = numpy.concatenate([ds[s][:SAMPLE_TOKENS] for s in range(first, last)])[:SAMPLE_TOKENS].tolist()
+        truncated = int(lengths[first:last].sum()) > SAMPLE_TOKENS
         if ids and max(ids) >= tok.vocab_size:
             raise DataPrepError(f"{key}: {prefix} document {d} holds id {max(ids)}, but the tokenizer has "
                                 f"{tok.vocab_size} ids: these shards were made with another tokenizer")
-        good += _roundtrip(sp, ids, tok)
+        good += _roundtrip(sp, ids, tok, truncated)
     if picks and good < MIN_ROUNDTRIP * len(picks):
         raise DataPrepError(f"{key}: {prefix}: {len(picks) - good} of {len(picks)} sampled documents do not "
                             f"decode and encode back to the same ids with {tok.path}: were these shards "
