@@ -29,6 +29,24 @@ _YAML_BOOL_WORDS = {True: ("on", "yes", "true", "y"), False: ("off", "no", "fals
 CONFIG_PATH_ENV = "DYT_CONFIG_PATH"
 
 
+
+class ConfigYamlLoader(yaml.SafeLoader):
+    """YAML 1.1 minus base-60 numbers: `time: 12:00:00` stays the string SLURM expects, not 43200."""
+
+
+def _without_base60(tag: str, rx: re.Pattern) -> re.Pattern:
+    if not tag.endswith((":int", ":float")):
+        return rx
+    # PyYAML's int/float patterns put one alternative per line; drop the sexagesimal one (with a colon).
+    body = rx.pattern.removeprefix("^(?:").removesuffix(")$")
+    keep = [b for b in re.split(r"\n\s*\|", body) if "(?::" not in b]
+    return re.compile("^(?:" + "|".join(keep) + ")$", rx.flags)
+
+
+ConfigYamlLoader.yaml_implicit_resolvers = {
+    ch: [(tag, _without_base60(tag, rx)) for tag, rx in resolvers]
+    for ch, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+
 def _shipped_configs() -> Path:
     """`configs/` as installed package data (pipeline/configs in a wheel) or in the source tree."""
     package = Path(__file__).resolve().parents[1]
@@ -67,7 +85,7 @@ def find_config(name: str, dirs: Sequence[Path] | None = None) -> Path:
 
 def _read_yaml(path: Path) -> dict:
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(), Loader=ConfigYamlLoader) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: invalid YAML: {e}") from None
     if not isinstance(data, dict):
@@ -107,7 +125,7 @@ def apply_override(data: dict, item: str) -> dict:
         raise ConfigError(f"override '{item}': expected key.sub=value")
     parts = key.strip().split(".")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml.load(raw, Loader=ConfigYamlLoader) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     node = data

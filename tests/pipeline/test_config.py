@@ -113,3 +113,9 @@ def test_wandb_is_optional_and_refused_clearly_when_missing():
             "check_wandb(load_config('tiny_dyt', ['logging.wandb={}']).logging.wandb)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "logging.wandb is set but the `wandb` package is not installed" in proc.stderr
+
+
+def test_colon_times_stay_strings():
+    """YAML 1.1 reads 12:00:00 as the base-60 integer 43200 (SLURM would get --time=43200 minutes)."""
+    cfg = load_config("tiny_dyt", ["launch.slurm.time=12:00:00"])
+    assert cfg.launch.slurm.time == "12:00:00"
