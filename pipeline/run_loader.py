@@ -34,7 +34,7 @@ class Session:
 def start(cfg: RunConfig) -> Session:
     """Processes, data manifest and a freshly initialised engine for `cfg` (collective)."""
     rt = runtime.init(cfg)
-    manifest = load_manifest(cfg.data.manifest_path, cfg.data.allow_external_paths)
+    manifest = load_manifest(cfg.data.manifest_path, cfg.data.external_paths_allowed)
     check_tokenizer(manifest, cfg.model.vocab_size)
     vocab = cfg.model.vocab_size or manifest.vocab_size
     return Session(cfg, rt, manifest, vocab, build_engine(cfg, rt, vocab))

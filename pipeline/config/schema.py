@@ -104,12 +104,19 @@ class ScheduleConfig:
 class DataConfig:
     manifest: str = ""  # manifest.json written by data_prep; "" = <prepare.output_dir>/manifest.json
     prepare: PrepareConfig | None = None  # how `make data` builds the manifest
-    # Shard and tokenizer paths in the manifest must stay inside its directory unless this is true.
+    # Shard and tokenizer paths in the manifest must stay inside its directory unless this is true (or the
+    # prepare section itself names existing megatron shards, which stay where they are).
     allow_external_paths: bool = False
 
     @property
     def manifest_path(self) -> Path:
         return Path(self.manifest or Path(self.prepare.output_dir) / "manifest.json")
+
+    @property
+    def external_paths_allowed(self) -> bool:
+        """The user said so: the key, or a `megatron:` source in this run's own prepare section."""
+        sources = self.prepare.sources if self.prepare is not None else []
+        return self.allow_external_paths or any(src.megatron is not None for src in sources)
 
 
 @dataclass

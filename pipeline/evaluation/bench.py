@@ -319,7 +319,7 @@ def run_bench(config: str, overrides: list[str], out_dir: Path, norms: list[str]
     sections = [("layer forward", layer["forward"]), ("layer forward+backward", layer["forward_backward"])]
     if not skip_model:
         d = cfg.data
-        vocab = cfg.model.vocab_size or load_manifest(d.manifest_path, d.allow_external_paths).vocab_size
+        vocab = cfg.model.vocab_size or load_manifest(d.manifest_path, d.external_paths_allowed).vocab_size
         mfwd, mstep, static = model_cases(config, overrides, norms, dev, vocab)
         try:
             for cases in (mfwd, mstep):

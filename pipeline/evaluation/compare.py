@@ -211,7 +211,7 @@ def data_facts(cfg: RunConfig) -> dict:
     from pipeline.evaluation.unigram import unigram_reference
     from pipeline.model import weight_count
 
-    manifest = load_manifest(cfg.data.manifest_path, cfg.data.allow_external_paths)
+    manifest = load_manifest(cfg.data.manifest_path, cfg.data.external_paths_allowed)
     return {"params": weight_count(cfg, cfg.model.vocab_size or manifest.vocab_size),
             "params_note": "weights of embeddings and linear layers, norm parameters excluded",
             "unigram_reference": unigram_reference(manifest)}

@@ -51,7 +51,8 @@ def test_existing_shards_listed_in_place_and_train(tmp_path, old_shards, pydocs_
     assert "up to date" in capsys.readouterr().out
 
     launch("tiny_dyt", ["train.steps=3", "train.log_interval=1", "train.eval_interval=3", "train.eval_iters=1",
-                        "schedule.warmup_steps=1", f"output_dir={tmp_path}", "name=old", f"data.manifest={m_path}"])
+                        "schedule.warmup_steps=1", f"output_dir={tmp_path}", "name=old", f"data.manifest={m_path}",
+                        "data.allow_external_paths=true"])  # the shards stay where they are: trusted explicitly
     assert sorted(scalars(tmp_path / "old", "train/loss")) == [1, 2, 3] and scalars(tmp_path / "old", "val/loss")
 
 
