@@ -1,6 +1,6 @@
 """The only place that knows megatron-core was written for CUDA. Inert when a GPU is present.
 
-On a CPU-only machine megatron-core needs (measured in shared/research/megatron-core-cpu.md):
+On a CPU-only machine megatron-core needs (each measured on a 2-core CPU box, megatron-core 0.19.2):
   S2  an RNG tracker built on the CPU generator (megatron's uses torch.cuda RNG states),
   S3  torch.cuda.current_device()/synchronize/streams that point at the CPU,
   S4  a TorchFunctionMode that turns device="cuda" / .cuda() into CPU and makes CPU tensors report a

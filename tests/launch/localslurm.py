@@ -10,7 +10,7 @@ For trying the launcher by hand:
     make pretrain CONFIG=tiny_dyt LAUNCHER=slurm NODES=2
     python -m tests.launch.localslurm down /tmp/slurm
 
-Known behaviour this relies on (shared/research/slurm-localhost.md): the munge socket dir must be o+x;
+Known behaviour this relies on (each seen when starting these daemons): the munge socket dir must be o+x;
 node names must resolve for torchrun's rendezvous, so each slurmd runs in a private mount namespace
 whose /etc/hosts maps n1/n2 to 127.0.0.1 (jobs inherit it, the real /etc/hosts is untouched); without
 systemd the cgroup plugin must be named explicitly; pid 1 here reaps late, so zombies count as dead.
