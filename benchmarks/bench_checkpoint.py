@@ -18,9 +18,7 @@ Modes alternate for --repeat rounds. Results: benchmarks/results/checkpoint/benc
 
 import argparse
 import datetime
-import json
 import os
-import platform
 import shlex
 import shutil
 import subprocess
@@ -30,6 +28,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from anywhere
+
+from results_io import machine_facts, write_results  # noqa: E402
 
 from pipeline.checkpoint.integrity import read_record  # noqa: E402
 
@@ -119,23 +119,20 @@ def main() -> None:
     print(md)
 
     command = shlex.join(["python", "benchmarks/bench_checkpoint.py", *sys.argv[1:]])
-    machine = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-               "load_average_start": load_start, "load_average_end": os.getloadavg()[0]}
+    machine = machine_facts(load_start)
     date = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     result = {"date": date, "command": command, "note": args.note, "machine": machine, "rows": rows,
               "settings": {k: getattr(args, k) for k in ("config", "nproc", "steps", "save_interval", "repeat",
                                                          "no_cpu_model", "override")}}
-    RESULTS.mkdir(parents=True, exist_ok=True)
     stem = "bench_checkpoint" + (f"-{args.tag}" if args.tag else "")
-    (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
     header = (f"`{command}` ({date}; {machine['cpus']} CPUs, {machine['platform']}, Python {machine['python']}; "
               f"{args.config}{'' if args.no_cpu_model else ' with ' + ' '.join(CPU_MODEL)}, {args.nproc} processes, "
               f"{args.steps} steps, a save every {args.save_interval}, {args.repeat} rounds)")
     footer = (f"Load average at the start and end: {load_start:.2f}, {machine['load_average_end']:.2f}. The final "
               "save of each run (synchronous in both modes) is not counted.")
     note = f"\n\n{args.note}" if args.note else ""
-    (RESULTS / f"{stem}.md").write_text(f"# Checkpoint save stall, sync vs async\n\n{header}\n\n{md}\n\n"
-                                        f"{footer}{note}\n")
+    write_results(RESULTS, stem, result, f"# Checkpoint save stall, sync vs async\n\n{header}\n\n{md}\n\n"
+                                         f"{footer}{note}\n")
     print(f"wrote {RESULTS / stem}.json and .md")
 
 

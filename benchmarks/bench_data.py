@@ -42,6 +42,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
+from results_io import machine_facts, write_results  # noqa: E402
+
 from data_prep import prepare  # noqa: E402
 from data_prep.config import PrepareConfig, SourceConfig, TokenizerConfig  # noqa: E402
 from data_prep.megatron_io import indexed_dataset, token_dtype  # noqa: E402
@@ -156,13 +158,6 @@ def table(rows: list[dict], base: float) -> str:
     return "\n".join(lines)
 
 
-def _write_results(stem: str, result: dict, md: str) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
-    (RESULTS / f"{stem}.md").write_text(md)
-    print(f"wrote {RESULTS / stem}.json and .md")
-
-
 def real_text_main(args: argparse.Namespace) -> None:
     """Side by side with Megatron-LM (--megatron-lm) and/or the profile (--profile) on real text."""
     import data_profile
@@ -199,7 +194,7 @@ def real_text_main(args: argparse.Namespace) -> None:
             rows = data_profile.profile(corpus, model, work)
             md = data_profile.table(rows)
             print(md)
-            _write_results("profile" + (f"-{args.tag}" if args.tag else ""), head | {"rows": rows},
+            write_results(RESULTS, "profile" + (f"-{args.tag}" if args.tag else ""), head | {"rows": rows},
                            f"# Data prep: where the time goes (one core)\n\n{about}\n\n{md}\n"
                            f"{_load_footer(head, args.note)}")
         if args.megatron_lm:
@@ -210,7 +205,7 @@ def real_text_main(args: argparse.Namespace) -> None:
             md = data_vs_megatron.table(rows, result["identical"])
             print(md)
             checkout = _git_head(Path(args.megatron_lm))
-            _write_results("vs_megatron" + (f"-{args.tag}" if args.tag else ""),
+            write_results(RESULTS, "vs_megatron" + (f"-{args.tag}" if args.tag else ""),
                            head | {"megatron_lm": checkout, "rows": rows} | result,
                            f"# data_prep vs Megatron-LM preprocess_data.py\n\n{about} Megatron-LM at {checkout}. "
                            f"Medians of {args.repeat} interleaved rounds; {result['documents']:,} documents, "
@@ -299,25 +294,21 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
 
     command = shlex.join(["python", "benchmarks/bench_data.py", *sys.argv[1:]])
-    machine = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-               "load_average_start": load_start, "load_average_end": os.getloadavg()[0]}
+    machine = machine_facts(load_start)
     date = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     result = {"date": date, "command": command, "note": args.note, "machine": machine,
               "corpus": {"documents": n_docs, "bytes": size, "seed": 0},
               "tokenizer": {"type": args.type, "vocab_size": args.vocab}, "partition_bytes": partition_bytes,
               "outputs_identical": identical,
               "rows": [{k: v for k, v in r.items() if k != "shards_sha256"} for r in rows]}
-    RESULTS.mkdir(parents=True, exist_ok=True)
     stem = "bench_data" + (f"-{args.tag}" if args.tag else "")
-    (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
     header = (f"`{command}` ({result['date']}; {machine['cpus']} CPUs, {machine['platform']}, Python "
               f"{machine['python']}; corpus {n_docs:,} documents, {size / 2**20:.1f} MiB; {args.type} vocab "
               f"{args.vocab}; partitions of {partition_bytes / 2**20:.1f} MiB; best of {args.repeat})")
     footer = (f"data_prep outputs identical across worker counts: {identical}. Load average at the start "
               f"and end: {load_start:.2f}, {machine['load_average_end']:.2f}.")
     note = f"\n\n{args.note}" if args.note else ""
-    (RESULTS / f"{stem}.md").write_text(f"# Data prep throughput\n\n{header}\n\n{md}\n\n{footer}{note}\n")
-    print(f"wrote {RESULTS / stem}.json and .md")
+    write_results(RESULTS, stem, result, f"# Data prep throughput\n\n{header}\n\n{md}\n\n{footer}{note}\n")
 
 
 if __name__ == "__main__":

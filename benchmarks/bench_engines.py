@@ -10,13 +10,14 @@ GPUs). Results: benchmarks/results/engines/<device>.{json,md}.
 """
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from results_io import machine_facts, write_results  # noqa: E402
 
 from pipeline import runtime  # noqa: E402  (first: it quiets megatron's import-time notices)
 from pipeline.config import load_config  # noqa: E402
@@ -47,26 +48,23 @@ def main(argv: list[str] | None = None) -> int:
         engine = build_engine(load_config(args.config, [*common, *extra]), rt, vocab)
         cases.append(Case(label, base.model.norm.type, label, " ".join(extra),
                           lambda e=engine: e.train_step(batches), tokens=tokens))
-    load_before = os.getloadavg()[0]
+    load_start = os.getloadavg()[0]
     measure(cases, rt.device, args.reps, min_rep_s=0.2, warmup=2)
     rows = summarize_cases(cases, "megatron")
     result = {"command": " ".join(["python", "benchmarks/bench_engines.py", *(argv or sys.argv[1:])]),
               "config": args.config, "overrides": args.overrides, "device": device_description(rt.device),
-              "load_average_1min": {"before": load_before, "after": os.getloadavg()[0], "cpus": os.cpu_count()},
+              "machine": machine_facts(load_start),
               "rows": rows}
     lines = [f"# Training step per engine: {args.config} ({base.model.norm.type}, {base.model.num_layers} layers, "
              f"width {base.model.hidden_size}, {tokens} tokens/step), one process",
              "", f"Command: `{result['command']}`  ", f"Device: {result['device']}; 1-min load "
-             f"{load_before:.1f} → {result['load_average_1min']['after']:.1f} on {os.cpu_count()} CPUs", "",
+             f"{load_start:.1f} → {result['machine']['load_average_end']:.1f} on {os.cpu_count()} CPUs", "",
              "| engine | median ms/step | p25–p75 ms | tokens/s | time vs megatron |", "|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['label']} | {r['median_ms']:.1f} | {r['p25_ms']:.1f}–{r['p75_ms']:.1f} | "
                      f"{r['tokens_per_s']:,.0f} | {r['ratio_to_baseline']:.3f} |")
     table = "\n".join(lines) + "\n"
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = "cpu" if rt.device.type == "cpu" else "gpu"
-    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2))
-    (args.out / f"{stem}.md").write_text(table)
+    write_results(args.out, "cpu" if rt.device.type == "cpu" else "gpu", result, table)
     print(table)
     runtime.shutdown()
     return 0

@@ -17,16 +17,14 @@ import argparse
 import sys
 from pathlib import Path
 
+from launch.cli import add_run_config_args, run_config_overrides
 from pipeline.config import ConfigError, add_config_dirs, load_config, save_config
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m launch", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("config", help="run config: a YAML path, or a name under --config-dir or the shipped "
-                    "configs/ (tiny_dyt)")
-    ap.add_argument("overrides", nargs="*", help="key.sub=value, e.g. train.steps=50 parallel.tp=2")
-    ap.add_argument("--launcher", choices=["local", "slurm"], help="default: launch.launcher from the config")
+    add_run_config_args(ap, "train.steps=50 parallel.tp=2")
     ap.add_argument("--nodes", type=int, help="override launch.nodes")
     ap.add_argument("--dry-run", action="store_true",
                     help="print what would run (the sbatch script for SLURM)")
@@ -34,12 +32,8 @@ def main(argv: list[str] | None = None) -> int:
                     help='one run of a job array: "[CONFIG] key=value ..." (repeat for more runs)')
     ap.add_argument("--sweep-file", metavar="FILE", help="one sweep ENTRY per line (# comments allowed)")
     ap.add_argument("--max-parallel", type=int, metavar="N", help="run at most N array tasks at once")
-    ap.add_argument("--config-dir", action="append", default=[], metavar="DIR",
-                    help="look config names (and `defaults`) up here before the shipped configs (repeatable)")
     args = ap.parse_intermixed_args(argv)  # flags may come before or after the overrides
-    overrides = list(args.overrides)
-    if args.launcher:
-        overrides.append(f"launch.launcher={args.launcher}")
+    overrides = run_config_overrides(args)
     if args.nodes:
         overrides.append(f"launch.nodes={args.nodes}")
     try:

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from data_prep.cli import add_stage_flags, run
+from launch.cli import add_run_config_args, run_config_overrides
 from pipeline.config import ConfigError, RunConfig, add_config_dirs, load_config, save_config
 
 _STEPS = ("tokenizer", "encode", "finish")
@@ -24,24 +25,16 @@ _STEPS = ("tokenizer", "encode", "finish")
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m launch.data", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("config", help="run config: a YAML path, or a name under --config-dir or the shipped "
-                    "configs/ (tiny_dyt)")
-    ap.add_argument("overrides", nargs="*", help="key.sub=value, e.g. data.prepare.workers=8")
-    ap.add_argument("--launcher", choices=["local", "slurm"], help="default: launch.launcher from the config")
+    add_run_config_args(ap, "data.prepare.workers=8")
     ap.add_argument("--nodes", type=int, help="SLURM: shards, one node each (default: launch.nodes; the "
                     "training layout is not changed)")
     ap.add_argument("--force", action="store_true", help="redo everything, ignoring finished partitions")
     ap.add_argument("--dry-run", action="store_true", help="print what would run (SLURM: the batch scripts)")
-    ap.add_argument("--config-dir", action="append", default=[], metavar="DIR",
-                    help="look config names (and `defaults`) up here before the shipped configs (repeatable)")
     add_stage_flags(ap)
     args = ap.parse_intermixed_args(argv)
-    overrides = list(args.overrides)
-    if args.launcher:
-        overrides.append(f"launch.launcher={args.launcher}")
     try:
         add_config_dirs(args.config_dir)
-        cfg = load_config(args.config, overrides)
+        cfg = load_config(args.config, run_config_overrides(args))
         if cfg.data.prepare is None:
             if cfg.data.manifest and Path(cfg.data.manifest).is_file():
                 print(f"data: {args.config} uses the prebuilt {cfg.data.manifest}; nothing to prepare")

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -57,3 +59,13 @@ def crash_and_resume(runs, name: str, norm: str, extra: list[str], crash_after: 
     resumed = runs.run(name, norm, extra)
     assert "resumed from" in resumed.stdout and f"step_{saved:07d}" in resumed.stdout
     return scalars(runs.root / name, "train/loss")
+
+
+def assert_same_curves(got: tuple[dict, dict], ref: tuple[dict, dict], steps: int, loss_rel: float,
+                       grad_rel: float) -> None:
+    """(loss, grad norm) per step of a run equal a reference run's at every step 1..steps, within tolerances."""
+    (loss, grad), (ref_loss, ref_grad) = got, ref
+    assert sorted(loss) == list(range(1, steps + 1))
+    for step in range(1, steps + 1):
+        assert loss[step] == pytest.approx(ref_loss[step], rel=loss_rel), (step, loss, ref_loss)
+        assert grad[step] == pytest.approx(ref_grad[step], rel=grad_rel), (step, grad, ref_grad)
